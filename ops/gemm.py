@@ -1,0 +1,51 @@
+"""Matrix products.
+
+    Gemm:    Y = alpha * A' @ B' + beta * C      (A' = A.T if transA, B' = B.T if transB)
+    MatMul:  numpy.matmul semantics (batched, broadcast over leading axes)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rzrt.ops.registry import kernel
+
+
+def _gemm_shape(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    (sa, dt), (sb, _) = a, b
+    return (sa[1] if transA else sa[0], sb[0] if transB else sb[1]), dt
+
+
+@kernel("Gemm", since=1, shape=_gemm_shape)
+def Gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0, out=None):
+    a = A.T if transA else A
+    b = B.T if transB else B
+    Y = np.matmul(a, b, out=out)
+    if alpha != 1.0:
+        Y *= alpha
+    if C is not None and beta != 0.0:
+        Y += C if beta == 1.0 else beta * C
+    return Y
+
+
+def _matmul_shape(a, b):
+    (sa, dt), (sb, _) = a, b
+    sa1, sb1 = (sa if len(sa) > 1 else (1,) + sa), (sb if len(sb) > 1 else sb + (1,))
+    batch = np.broadcast_shapes(sa1[:-2], sb1[:-2])
+    shape = batch + (sa1[-2], sb1[-1])
+    if len(sa) == 1:
+        shape = shape[:-2] + shape[-1:]
+    if len(sb) == 1:
+        shape = shape[:-1]
+    return shape, dt
+
+
+@kernel("MatMul", since=1, shape=_matmul_shape)
+def MatMul(A, B, *, out=None):
+    return np.matmul(A, B, out=out)
+
+
+@kernel("MatMulInteger", since=10)
+def MatMulInteger(A, B, a_zero_point=None, b_zero_point=None):
+    a = A.astype(np.int32) - (0 if a_zero_point is None else a_zero_point.astype(np.int32))
+    b = B.astype(np.int32) - (0 if b_zero_point is None else b_zero_point.astype(np.int32))
+    return np.matmul(a, b).astype(np.int32)

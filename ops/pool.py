@@ -1,0 +1,93 @@
+"""Pooling: a reduction over each sliding window.
+
+    MaxPool:  Y[n, c, o] = max_j  Xpad[n, c, o*s + j*d]          (padding is -inf)
+    AvgPool:  Y[n, c, o] = sum_j  Xpad[n, c, o*s + j*d] / count[o]
+
+The reduction runs tap by tap: K vectorised maximum/add passes over shifted views,
+rather than one reduction over a strided 2K-dimensional view.
+`count` is the number of taps inside the input (count_include_pad=0) or inside the
+input plus the model's pads (count_include_pad=1); ceil_mode's extra end padding never
+counts, as in PyTorch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rzrt.ops.registry import kernel
+from rzrt.ops.window import geometry, offsets, pad
+
+
+def _pool_geometry(x_shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
+    rank = len(x_shape) - 2
+    s = tuple(strides) if strides is not None else (1,) * rank
+    d = tuple(dilations) if dilations is not None else (1,) * rank
+    pb, pe, osp, extra = geometry(x_shape[2:], kernel_shape, s, d, pads, auto_pad, ceil_mode)
+    return tuple(kernel_shape), s, d, pb, pe, osp, extra
+
+
+def _pool_shape(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+                strides=None, **_):
+    xs, dt = x
+    *_, osp, _ = _pool_geometry(xs, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    return xs[:2] + osp, dt
+
+
+def _lowest(dtype):
+    return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
+
+
+@kernel("MaxPool", since=1, shape=_pool_shape)
+def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+            storage_order=0, strides=None, out=None):
+    k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
+                                                 auto_pad, ceil_mode)
+    Xp = pad(X, pb, tuple(e + x for e, x in zip(pe, extra)), value=_lowest(X.dtype))
+    Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
+    for t, (_, view) in enumerate(offsets(Xp, k, s, d, osp)):
+        if t == 0:
+            Y[...] = view
+        else:
+            np.maximum(Y, view, out=Y)
+    return Y
+
+
+@kernel("AveragePool", since=1, shape=_pool_shape)
+def AveragePool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
+                kernel_shape=None, pads=None, strides=None, out=None):
+    k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
+                                                 auto_pad, ceil_mode)
+    end = tuple(e + x for e, x in zip(pe, extra))
+    Xp = pad(X, pb, end)
+    Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
+    Y.fill(0)
+    for _, view in offsets(Xp, k, s, d, osp):
+        Y += view
+    # count[o]: taps of window o that land on input (or on the model's own pads)
+    inside = np.ones((1, 1) + X.shape[2:], dtype=np.float64)
+    if count_include_pad and auto_pad == "NOTSET":
+        inside = pad(inside, pb, pe, value=1.0)
+        mask = pad(inside, (0,) * len(pb), extra)
+    else:
+        mask = pad(inside, pb, end)
+    count = np.zeros((1, 1) + osp)
+    for _, view in offsets(mask, k, s, d, osp):
+        count += view
+    Y /= count.astype(Y.dtype)
+    return Y
+
+
+def _global_shape(x):
+    xs, dt = x
+    return xs[:2] + (1,) * (len(xs) - 2), dt
+
+
+@kernel("GlobalAveragePool", since=1, shape=_global_shape)
+def GlobalAveragePool(X, *, out=None):
+    axes = tuple(range(2, X.ndim))
+    return np.mean(X, axis=axes, keepdims=True, out=out)
+
+
+@kernel("GlobalMaxPool", since=1, shape=_global_shape)
+def GlobalMaxPool(X, *, out=None):
+    axes = tuple(range(2, X.ndim))
+    return np.max(X, axis=axes, keepdims=True, out=out)

@@ -1,0 +1,107 @@
+"""The executor: one loop over the planned steps, no per-op branches.
+
+    for step in steps:
+        outputs = kernel(*inputs, **attributes)
+        forget every value whose last reader was this step
+
+The shape of torch.fx's Interpreter: run() calls run_node(step, args) for each step,
+and analyses (profiling, tracing) subclass it and override run_node, calling super().
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rzrt.errors import KernelError, RzrtError
+from rzrt.graph import Node
+from rzrt.ops.registry import Kernel
+
+
+@dataclass
+class Step:
+    node: Node
+    kernel: Kernel
+    kwargs: dict                 # attributes (converted once at load) + context
+    inputs: tuple                # value names; "" for an absent optional input
+    outputs: tuple
+    frees: tuple = ()            # values whose last reader is this step
+    out: object = None           # planned output buffer(s), filled in by the session's plan
+    scratch: object = None       # planned scratch buffer
+
+    @property
+    def fn(self):
+        return self.kernel.fn
+
+
+def last_uses(steps, keep=()) -> None:
+    """Fill each step's `frees` with the values it reads last (never those in `keep`)."""
+    last = {}
+    for i, s in enumerate(steps):
+        for name in s.inputs:
+            if name:
+                last[name] = i
+        for name in s.outputs:   # produced but never read: free right after it is made
+            if name:
+                last.setdefault(name, i)
+    keep = set(keep)
+    by_step = [[] for _ in steps]
+    for name, i in last.items():
+        if name not in keep:
+            by_step[i].append(name)
+    for s, names in zip(steps, by_step):
+        s.frees = tuple(names)
+
+
+@dataclass
+class Executor:
+    steps: list
+    constants: dict              # initializers: name -> array, never freed
+    output_names: list
+    stats: dict = field(default_factory=dict)
+
+    def run(self, feeds: dict) -> dict:
+        env = dict(self.constants)
+        env.update(feeds)
+        for step in self.steps:
+            args = [env[n] if n else None for n in step.inputs]
+            results = self.run_node(step, args)
+            for name, value in zip(step.outputs, results):
+                if name:
+                    env[name] = value
+            for name in step.frees:
+                env.pop(name, None)
+        return {n: env[n] for n in self.output_names}
+
+    def run_node(self, step: Step, args: list) -> list:
+        try:
+            result = self.call_kernel(step, args)
+        except RzrtError:
+            raise
+        except Exception as e:
+            raise KernelError(f"{describe(step, args)} failed: {type(e).__name__}: {e}") from e
+        return outputs_of(step, result, args)
+
+    def call_kernel(self, step: Step, args: list):
+        kwargs = step.kwargs
+        if step.out is not None:
+            kwargs = dict(kwargs, out=step.out)
+        if step.scratch is not None:
+            kwargs = dict(kwargs, scratch=step.scratch)
+        return step.kernel.fn(*args, **kwargs)
+
+
+def describe(step: Step, args: list) -> str:
+    shapes = ", ".join("None" if a is None else f"{getattr(a, 'dtype', '?')}{list(np.shape(a))}" for a in args)
+    return f"node {step.node.name!r} ({step.node.qualified_op}, kernel {step.kernel.name}) on inputs ({shapes})"
+
+
+def outputs_of(step: Step, result, args) -> list:
+    """Normalise a kernel's return value to one array per node output."""
+    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    wanted = len(step.outputs)
+    needed = max((i + 1 for i, n in enumerate(step.outputs) if n), default=0)
+    if len(results) < needed:
+        raise KernelError(f"{describe(step, args)} returned {len(results)} output(s); "
+                          f"the node expects {wanted}")
+    return [r if isinstance(r, np.ndarray) else np.asarray(r) for r in results[:wanted]]

@@ -1,0 +1,262 @@
+"""Graph IR: what the passes rewrite and the executor runs.
+
+    Value(name, shape, dtype)          a tensor's static description (shape dims: int, str or None)
+    Node(op_type, domain, inputs, outputs, attrs, name)
+    Graph(nodes, initializers, inputs, outputs, ...)
+
+Built once from the ModelProto: attributes are converted to Python values here, once, not
+on every call. Node inputs use "" for an absent optional input, as ONNX does.
+The graph computes its own topological order; the file's node order is never trusted.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import AttributeProto, helper, numpy_helper
+
+from rzrt.errors import ModelError
+
+
+@dataclass
+class Value:
+    name: str
+    shape: tuple | None = None     # None: unknown rank; a dim is an int, a symbolic name (str) or None
+    dtype: np.dtype | None = None
+
+    @property
+    def type_str(self) -> str:
+        return f"tensor({_ONNX_TYPE_NAMES.get(self.dtype, 'unknown')})" if self.dtype is not None else "unknown"
+
+
+@dataclass(eq=False)
+class Node:
+    op_type: str
+    domain: str = ""
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    attrs: dict = field(default_factory=dict)
+    name: str = ""
+
+    def __repr__(self) -> str:
+        return f"Node({self.name!r}, {self.qualified_op}, {self.inputs} -> {self.outputs})"
+
+    @property
+    def qualified_op(self) -> str:
+        return f"{self.domain}.{self.op_type}" if self.domain else self.op_type
+
+
+@dataclass
+class Graph:
+    nodes: list
+    initializers: dict           # name -> np.ndarray
+    inputs: list                 # Value, the graph's real inputs (initializers excluded)
+    outputs: list                # Value
+    opsets: dict = field(default_factory=lambda: {"": 17})
+    value_info: dict = field(default_factory=dict)   # name -> Value, shapes the file declares
+    metadata: dict = field(default_factory=dict)
+    name: str = "graph"
+    ir_version: int = 8
+    producer: str = ""
+    doc: str = ""
+
+    # --- building -----------------------------------------------------------------
+    @classmethod
+    def from_onnx(cls, model: onnx.ModelProto) -> Graph:
+        g = model.graph
+        inits = {}
+        for t in g.initializer:
+            inits[t.name] = tensor_to_array(t, f"initializer {t.name!r}")
+        for st in g.sparse_initializer:
+            inits[st.values.name] = tensor_to_array(st, f"sparse initializer {st.values.name!r}")
+        nodes = []
+        for i, n in enumerate(g.node):
+            name = n.name or f"{n.op_type}_{i}"
+            attrs = {a.name: attribute_value(a, f"node {name!r}") for a in n.attribute}
+            nodes.append(Node(n.op_type, "" if n.domain == "ai.onnx" else n.domain,
+                              list(n.input), list(n.output), attrs, name))
+        _unique_node_names(nodes)
+        value_info = {vi.name: value_from_proto(vi) for vi in list(g.value_info) + list(g.output)}
+        return cls(
+            nodes=nodes,
+            initializers=inits,
+            inputs=[value_from_proto(vi) for vi in g.input if vi.name not in inits],
+            outputs=[value_from_proto(vi) for vi in g.output],
+            opsets={("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import},
+            value_info=value_info,
+            metadata={p.key: p.value for p in model.metadata_props},
+            name=g.name or "graph",
+            ir_version=model.ir_version,
+            producer=f"{model.producer_name} {model.producer_version}".strip(),
+            doc=model.doc_string,
+        )
+
+    def to_onnx(self) -> onnx.ModelProto:
+        nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain or None,
+                                  **{k: _attr_for_proto(v) for k, v in n.attrs.items() if v is not None})
+                 for n in self.toposort()]
+        graph = helper.make_graph(
+            nodes, self.name,
+            [value_to_proto(v) for v in self.inputs],
+            [value_to_proto(v) for v in self.outputs],
+            initializer=[numpy_helper.from_array(a, name) for name, a in self.initializers.items()],
+        )
+        opsets = [helper.make_opsetid(d, v) for d, v in self.opsets.items()]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="rzrt")
+        model.ir_version = max(self.ir_version, 7)
+        helper.set_model_props(model, self.metadata)
+        model.doc_string = self.doc
+        return model
+
+    # --- queries ------------------------------------------------------------------
+    def producers(self) -> dict:
+        return {o: n for n in self.nodes for o in n.outputs if o}
+
+    def consumers(self) -> dict:
+        users = defaultdict(list)
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    users[i].append(n)
+        return users
+
+    @property
+    def output_names(self) -> list:
+        return [v.name for v in self.outputs]
+
+    @property
+    def input_names(self) -> list:
+        return [v.name for v in self.inputs]
+
+    def toposort(self) -> list:
+        """Kahn's algorithm, stable with respect to the file's order; raises ModelError on a cycle."""
+        produced_by = self.producers()
+        indegree = {}
+        users = defaultdict(list)
+        for n in self.nodes:
+            deps = {id(produced_by[i]) for i in n.inputs if i in produced_by}
+            indegree[id(n)] = len(deps)
+            for d in deps:
+                users[d].append(n)
+        ready = [n for n in self.nodes if indegree[id(n)] == 0]
+        order = []
+        while ready:
+            n = ready.pop(0)
+            order.append(n)
+            for u in users[id(n)]:
+                indegree[id(u)] -= 1
+                if indegree[id(u)] == 0:
+                    ready.append(u)
+        if len(order) != len(self.nodes):
+            stuck = [n.name for n in self.nodes if indegree[id(n)] > 0]
+            raise ModelError(f"the graph has a cycle through node(s) {', '.join(stuck[:5])}"
+                             f"{' ...' if len(stuck) > 5 else ''}; an ONNX graph must be acyclic")
+        return order
+
+    def lint(self) -> None:
+        """Raise ModelError for what would break execution: duplicate outputs, dangling inputs, cycles."""
+        defined = {}
+        for v in self.inputs:
+            defined[v.name] = "a graph input"
+        for name in self.initializers:
+            defined.setdefault(name, "an initializer")
+        for n in self.nodes:
+            for o in n.outputs:
+                if not o:
+                    continue
+                if o in defined:
+                    raise ModelError(f"value {o!r} is produced by node {n.name!r} ({n.op_type}) but is "
+                                     f"already {defined[o]}; every value must have exactly one producer")
+                defined[o] = f"the output of node {n.name!r}"
+        for n in self.nodes:
+            for i in n.inputs:
+                if i and i not in defined:
+                    raise ModelError(f"node {n.name!r} ({n.op_type}) reads {i!r}, which no node, graph input "
+                                     f"or initializer produces; the model is incomplete or corrupt")
+        for v in self.outputs:
+            if v.name not in defined:
+                raise ModelError(f"graph output {v.name!r} is produced by nothing")
+        self.toposort()
+
+
+def _unique_node_names(nodes) -> None:
+    seen = set()
+    for n in nodes:
+        base, k = n.name, 1
+        while n.name in seen:
+            n.name = f"{base}_{k}"
+            k += 1
+        seen.add(n.name)
+
+
+# --- conversions ------------------------------------------------------------------
+_ONNX_TYPE_NAMES = {}
+for _code, _np in ((1, "float"), (2, "uint8"), (3, "int8"), (4, "uint16"), (5, "int16"), (6, "int32"),
+                   (7, "int64"), (8, "string"), (9, "bool"), (10, "float16"), (11, "double"),
+                   (12, "uint32"), (13, "uint64")):
+    _ONNX_TYPE_NAMES[np.dtype(helper.tensor_dtype_to_np_dtype(_code))] = _np
+
+
+def dtype_of(elem_type: int) -> np.dtype | None:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)) if elem_type else None
+    except Exception:
+        return None
+
+
+def value_from_proto(vi: onnx.ValueInfoProto) -> Value:
+    t = vi.type.tensor_type
+    shape = None
+    if t.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
+    return Value(vi.name, shape, dtype_of(t.elem_type))
+
+
+def value_to_proto(v: Value) -> onnx.ValueInfoProto:
+    elem = helper.np_dtype_to_tensor_dtype(v.dtype) if v.dtype is not None else onnx.TensorProto.FLOAT
+    return helper.make_tensor_value_info(v.name, elem, list(v.shape) if v.shape is not None else None)
+
+
+def tensor_to_array(t, what: str) -> np.ndarray:
+    try:
+        if isinstance(t, onnx.SparseTensorProto):
+            values = numpy_helper.to_array(t.values)
+            idx = numpy_helper.to_array(t.indices)
+            dense = np.zeros(tuple(t.dims), dtype=values.dtype)
+            if idx.ndim == 1:
+                dense.reshape(-1)[idx] = values
+            else:
+                dense[tuple(idx.T)] = values
+            return dense
+        arr = numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"{what}: cannot read its data ({e}); the file is truncated or corrupt") from None
+    return arr
+
+
+def attribute_value(a: AttributeProto, where: str) -> Any:
+    if a.type == AttributeProto.TENSOR:
+        return tensor_to_array(a.t, f"{where}, attribute {a.name!r}")
+    if a.type == AttributeProto.SPARSE_TENSOR:
+        return tensor_to_array(a.sparse_tensor, f"{where}, attribute {a.name!r}")
+    if a.type == AttributeProto.TENSORS:
+        return [tensor_to_array(t, f"{where}, attribute {a.name!r}") for t in a.tensors]
+    v = helper.get_attribute_value(a)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", errors="replace")
+    if isinstance(v, list) and v and isinstance(v[0], bytes):
+        return [s.decode("utf-8", errors="replace") for s in v]
+    if a.type in (AttributeProto.INTS, AttributeProto.FLOATS):
+        return tuple(v)
+    return v
+
+
+def _attr_for_proto(v):
+    if isinstance(v, np.ndarray):
+        return numpy_helper.from_array(v)
+    if isinstance(v, tuple):
+        return list(v)
+    return v
