@@ -1,0 +1,3 @@
+from rzrt.cli.main import main
+
+main()

@@ -1,0 +1,296 @@
+"""Each kernel against an oracle nobody here wrote: onnx's ReferenceEvaluator, and torch for
+pooling edge cases (ceil_mode, count_include_pad), on random shapes including odd ones."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+import rzrt
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+def single_node_model(op, inputs: dict, attrs=None, opset=17, n_outputs=1, consts=None):
+    """A one-node model: graph inputs = `inputs` (name -> array), constant inputs = `consts`."""
+    consts = consts or {}
+    names = list(inputs) + list(consts)
+    outs = [f"y{i}" for i in range(n_outputs)]
+    node = helper.make_node(op, names, outs, **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "t",
+        [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in inputs.items()],
+        [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def run_onnxruntime(model, inputs):
+    import onnxruntime as ort
+    model = onnx.shape_inference.infer_shapes(model)   # ort wants typed outputs
+    for o in model.graph.output:
+        if not o.type.HasField("tensor_type"):
+            o.CopyFrom(helper.make_tensor_value_info(o.name, TensorProto.FLOAT, None))
+    return ort.InferenceSession(model.SerializeToString()).run(None, inputs)
+
+
+def check(op, inputs: dict, attrs=None, opset=17, n_outputs=1, consts=None, rtol=1e-5, atol=1e-5, oracle="onnx"):
+    """rzrt against onnx's ReferenceEvaluator (oracle="onnx") or onnxruntime (oracle="ort"),
+    the latter where the evaluator is known wrong (noted at the call)."""
+    model = single_node_model(op, inputs, attrs, opset, n_outputs, consts)
+    want = (ReferenceEvaluator(model).run if oracle == "onnx" else lambda _, f: run_onnxruntime(model, f))(None, inputs)
+    got = rzrt.InferenceSession(model).run(None, inputs)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape, f"{op}: shape {g.shape} != {w.shape}"
+        assert g.dtype == w.dtype, f"{op}: dtype {g.dtype} != {w.dtype}"
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return got
+
+
+# --- convolution ------------------------------------------------------------------
+CONV_CASES = {
+    "3x3 pad 1": ((1, 3, 7, 7), (4, 3, 3, 3), dict(pads=[1, 1, 1, 1])),
+    "stride 2 odd sizes": ((2, 4, 9, 11), (6, 4, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "asymmetric pads": ((1, 2, 8, 5), (3, 2, 3, 2), dict(pads=[0, 1, 2, 0], strides=[2, 1])),
+    "dilation 2": ((1, 3, 10, 9), (2, 3, 3, 3), dict(dilations=[2, 2], pads=[2, 2, 2, 2])),
+    "dilation + stride": ((2, 3, 11, 12), (4, 3, 3, 2), dict(dilations=[2, 3], strides=[3, 2])),
+    "groups 2": ((2, 4, 6, 6), (6, 2, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),
+    "groups 4, stride 2": ((1, 8, 7, 7), (8, 2, 3, 3), dict(group=4, strides=[2, 2])),
+    "depthwise": ((2, 5, 7, 6), (5, 1, 3, 3), dict(group=5, pads=[1, 1, 1, 1])),
+    "depthwise stride 2 odd": ((1, 6, 9, 11), (6, 1, 5, 5), dict(group=6, strides=[2, 2], pads=[2, 2, 2, 2])),
+    "depthwise dilated": ((1, 4, 9, 9), (4, 1, 3, 3), dict(group=4, dilations=[2, 2])),
+    "depth multiplier 2": ((1, 3, 6, 6), (6, 1, 3, 3), dict(group=3)),
+    "1x1": ((2, 8, 5, 5), (4, 8, 1, 1), {}),
+    "1x1 stride 2": ((1, 8, 7, 7), (4, 8, 1, 1), dict(strides=[2, 2])),
+    "SAME_UPPER stride 2": ((1, 2, 7, 8), (3, 2, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    "SAME_LOWER": ((1, 2, 6, 7), (3, 2, 4, 4), dict(auto_pad="SAME_LOWER")),
+    "VALID stride 3": ((1, 2, 10, 10), (3, 2, 3, 3), dict(auto_pad="VALID", strides=[3, 3])),
+    "1-D": ((2, 3, 10), (4, 3, 3), dict(strides=[2], pads=[1, 0])),
+    "1-D grouped dilated": ((1, 4, 12), (4, 2, 3), dict(group=2, dilations=[2])),
+    "3-D": ((1, 2, 5, 6, 7), (3, 2, 2, 3, 3), dict(pads=[0, 1, 1, 1, 0, 1])),
+    "kernel_shape given": ((1, 3, 5, 5), (2, 3, 3, 3), dict(kernel_shape=[3, 3])),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv(case, bias):
+    xs, ws, attrs = CONV_CASES[case]
+    inputs = {"X": rand(*xs), "W": rand(*ws)}
+    if bias:
+        inputs["B"] = rand(ws[0])
+    check("Conv", inputs, attrs, rtol=1e-4, atol=1e-4)
+
+
+# --- pooling ------------------------------------------------------------------------
+POOL_CASES = {
+    "resnet stem": ((1, 3, 12, 12), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "2x2 stride 2 odd": ((2, 2, 7, 9), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    "ceil_mode odd": ((1, 2, 7, 8), dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    "ceil_mode + pads": ((1, 2, 10, 9), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)),
+    "ceil_mode last window dropped": ((1, 1, 5, 5), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)),
+    "asymmetric pads": ((1, 2, 6, 7), dict(kernel_shape=[3, 2], pads=[1, 0, 0, 1])),
+    "1-D": ((2, 3, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    "3-D": ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 2, 3], strides=[2, 2, 2])),
+}
+
+
+def _torch_pool(op, x, attrs, count_include_pad=0):
+    import torch
+    import torch.nn.functional as F
+    rank = x.ndim - 2
+    k = attrs["kernel_shape"]
+    s = attrs.get("strides", [1] * rank)
+    p = attrs.get("pads", [0] * 2 * rank)
+    if p[:rank] != p[rank:]:
+        return None   # torch has symmetric pads only
+    t = torch.from_numpy(x)
+    if op == "MaxPool":
+        f = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
+        return f(t, k, s, p[:rank], attrs.get("dilations", [1] * rank), ceil_mode=bool(attrs.get("ceil_mode"))).numpy()
+    f = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+    return f(t, k, s, p[:rank], ceil_mode=bool(attrs.get("ceil_mode")), count_include_pad=bool(count_include_pad)).numpy()
+
+
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_maxpool(case):
+    xs, attrs = POOL_CASES[case]
+    x = rand(*xs)
+    (got,) = check("MaxPool", {"X": x}, attrs)
+    want = _torch_pool("MaxPool", x, attrs)
+    if want is not None:
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_maxpool_dilations():
+    attrs = dict(kernel_shape=[3, 3], dilations=[2, 2], strides=[1, 2], pads=[1, 1, 1, 1])
+    x = rand(1, 2, 9, 10)
+    (got,) = check("MaxPool", {"X": x}, attrs)
+    np.testing.assert_allclose(got, _torch_pool("MaxPool", x, attrs))
+
+
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("case", list(POOL_CASES))
+def test_averagepool(case, count_include_pad):
+    """torch is the reference here: onnx's evaluator and torch disagree on ceil_mode windows."""
+    xs, attrs = POOL_CASES[case]
+    x = rand(*xs)
+    attrs = dict(attrs, count_include_pad=count_include_pad)
+    got = rzrt.InferenceSession(single_node_model("AveragePool", {"X": x}, attrs)).run(None, {"X": x})[0]
+    want = _torch_pool("AveragePool", x, attrs, count_include_pad)
+    if want is None or attrs.get("ceil_mode") is None:
+        ref = ReferenceEvaluator(single_node_model("AveragePool", {"X": x}, attrs)).run(None, {"X": x})[0]
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    if want is not None:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["GlobalAveragePool", "GlobalMaxPool"])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 4, 9), (1, 2, 3, 4, 5)])
+def test_global_pool(op, shape):
+    # onnx's evaluator reduces the wrong axes in GlobalMaxPool for non-4-D inputs
+    check(op, {"X": rand(*shape)}, oracle="ort" if op == "GlobalMaxPool" else "onnx")
+
+
+# --- normalisation, matrix products ----------------------------------------------------
+@pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 4), (1, 2, 3, 4, 5)])
+def test_batchnorm(shape):
+    c = shape[1]
+    consts = {"scale": rand(c), "B": rand(c), "mean": rand(c), "var": np.abs(rand(c)) + 0.5}
+    check("BatchNormalization", {"X": rand(*shape)}, dict(epsilon=1e-3), consts=consts)
+
+
+@pytest.mark.parametrize("transA,transB", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("c_shape", [None, (), (5,), (1, 5), (3, 5)])
+def test_gemm(transA, transB, c_shape):
+    a = rand(4, 3) if transA else rand(3, 4)
+    b = rand(5, 4) if transB else rand(4, 5)
+    inputs = {"A": a, "B": b}
+    if c_shape is not None:
+        inputs["C"] = rand(*c_shape)
+    check("Gemm", inputs, dict(alpha=0.7, beta=1.3, transA=transA, transB=transB))
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)),
+                                   ((2, 1, 3, 4), (5, 4, 6)), ((4,), (4,))])
+def test_matmul(sa, sb):
+    check("MatMul", {"A": rand(*sa), "B": rand(*sb)})
+
+
+# --- elementwise ------------------------------------------------------------------------
+BROADCASTS = [((2, 3, 4), (2, 3, 4)), ((2, 3, 4), (4,)), ((2, 1, 4), (3, 1)), ((), (2, 3)), ((1, 3, 1, 1), (2, 3, 5, 5))]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("sa,sb", BROADCASTS)
+def test_binary(op, sa, sb):
+    b = rand(*sb)
+    if op == "Div":
+        b = np.where(np.abs(b) < 0.1, 1, b).astype(np.float32)
+    check(op, {"A": rand(*sa), "B": b})
+
+
+def test_div_integers_truncate():
+    a = np.array([7, -7, 7, -7], dtype=np.int64)
+    b = np.array([2, 2, -2, -2], dtype=np.int64)
+    check("Div", {"A": a, "B": b})
+
+
+def test_sum_variadic():
+    check("Sum", {"a": rand(2, 3), "b": rand(3), "c": rand(1, 3)})
+    check("Sum", {"a": rand(2, 3)})
+
+
+@pytest.mark.parametrize("op", ["Relu", "Sigmoid", "Tanh", "Exp", "Abs", "Neg", "Erf"])
+def test_unary(op):
+    x = rand(3, 4, 5) * 4
+    check(op, {"X": x}, rtol=1e-5, atol=1e-6)
+
+
+def test_sigmoid_extremes():
+    x = np.array([-1000, -100, -20, 0, 20, 100, 1000], dtype=np.float32)
+    check("Sigmoid", {"X": x}, atol=1e-7)
+
+
+@pytest.mark.parametrize("opset,attrs,consts", [
+    (6, dict(min=-0.5, max=0.7), {}),
+    (11, {}, {"lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)}),
+    (13, {}, {"lo": np.array(-0.2, np.float32)}),
+])
+def test_clip(opset, attrs, consts):
+    check("Clip", {"X": rand(3, 4)}, attrs, opset=opset, consts=consts)
+
+
+def test_clip_max_only():
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Clip", ["X", "", "hi"], ["y"])], "t",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [3, 4])],
+        [helper.make_value_info("y", onnx.TypeProto())],
+        initializer=[onnx.numpy_helper.from_array(np.array(0.3, np.float32), "hi")]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    x = rand(3, 4)
+    np.testing.assert_array_equal(rzrt.InferenceSession(model).run(None, {"X": x})[0], np.minimum(x, 0.3))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_softmax(opset, axis):
+    """Opset 11 flattens to 2-D at `axis`; opset 13 normalises along `axis` only."""
+    # onnx's evaluator applies opset-13 semantics at every opset; onnxruntime follows the spec
+    check("Softmax", {"X": rand(2, 3, 4)}, dict(axis=axis), opset=opset, rtol=1e-5, atol=1e-6,
+          oracle="ort" if opset < 13 else "onnx")
+
+
+# --- shape and data movement --------------------------------------------------------------
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_flatten(axis):
+    check("Flatten", {"X": rand(2, 3, 4, 5)}, dict(axis=axis))
+
+
+@pytest.mark.parametrize("target,allowzero", [((6, -1), 0), ((0, 0, -1), 0), ((-1,), 0), ((2, 0, 4), 0),
+                                              ((2, 3, 4, 1, 1), 1)])
+def test_reshape(target, allowzero):
+    check("Reshape", {"X": rand(2, 3, 4)}, dict(allowzero=allowzero), opset=14,
+          consts={"shape": np.array(target, dtype=np.int64)})
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concat(axis):
+    shapes = [(2, 3, 4), (2, 3, 4)]
+    shapes = [tuple(s if i != axis % 3 else s + k for i, s in enumerate(sh)) for k, sh in enumerate(shapes)]
+    check("Concat", {"a": rand(*shapes[0]), "b": rand(*shapes[1]), "c": rand(*shapes[0])}, dict(axis=axis))
+
+
+def test_identity_and_constant():
+    check("Identity", {"X": rand(2, 3)})
+    t = onnx.numpy_helper.from_array(rand(2, 3), "c")
+    check("Constant", {}, dict(value=t))
+    check("Constant", {}, dict(value_floats=[1.0, 2.5]))
+    check("Constant", {}, dict(value_int=7))
+
+
+@pytest.mark.parametrize("opset,axes_as_input", [(13, False), (18, True)])
+@pytest.mark.parametrize("axes,keepdims", [((1,), 1), ((0, 2), 0), ((-1,), 1), (None, 0)])
+def test_reducemean(opset, axes_as_input, axes, keepdims):
+    attrs = dict(keepdims=keepdims)
+    consts = {}
+    if axes is not None:
+        if axes_as_input:
+            consts = {"axes": np.array(axes, dtype=np.int64)}
+        else:
+            attrs["axes"] = list(axes)
+    check("ReduceMean", {"X": rand(2, 3, 4)}, attrs, opset=opset, consts=consts)
+
+
+@pytest.mark.parametrize("opset", [7, 13])
+def test_dropout_inference(opset):
+    x = rand(3, 4)
+    got = rzrt.InferenceSession(single_node_model("Dropout", {"X": x}, opset=opset, n_outputs=2)).run(None, {"X": x})
+    np.testing.assert_array_equal(got[0], x)
+    assert got[1].dtype == bool and got[1].all()
