@@ -5,15 +5,28 @@
 im2col lays the windows of one image out as the columns of a matrix
 cols[(c, j), o], so the whole convolution is one GEMM:  Y[n] = W.reshape(M, C*K) @ cols.
 With groups, channels split into G blocks and the GEMM is batched over them.
+A 1x1 stride-1 convolution needs no im2col at all: cols is the image itself.
+The columns are built a band of output rows at a time (about COLS_BYTES each), so the
+im2col matrix stays small and in cache while the GEMM writes straight into its slice of Y.
 Depthwise convolution (one input channel per group) skips im2col: it sums K shifted
 views of the input, each scaled by one tap of the filter.
+The padded input and the im2col band live in the planned scratch buffer.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from rzrt.ops.registry import kernel
-from rzrt.ops.window import geometry, offsets, pad, prod, windows
+from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
+
+
+COLS_BYTES = 1 << 20
+
+
+def band_rows(ck: int, osp, itemsize: int) -> int:
+    """Output rows (along the first spatial axis) per im2col band."""
+    row = ck * prod(osp[1:]) * itemsize
+    return max(1, min(osp[0], COLS_BYTES // max(row, 1)))
 
 
 def conv_geometry(x_shape, w_shape, kernel_shape, strides, dilations, pads, auto_pad):
@@ -25,50 +38,89 @@ def conv_geometry(x_shape, w_shape, kernel_shape, strides, dilations, pads, auto
     return kernel_shape, strides, dilations, pb, pe, out
 
 
-def _conv_shape(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-                pads=None, strides=None):
+def conv_shape(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+               strides=None, **_):
     (xs, dt), (ws, _) = x, w
     *_, out = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
     return (xs[0], ws[0]) + out, dt
 
 
-@kernel("Conv", since=1, shape=_conv_shape)
+def _is_depthwise(c, m, group, w_shape):
+    return group > 1 and group == c == m and w_shape[1] == 1
+
+
+def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+                 strides=None, **_):
+    (xs, dt), (ws, _) = x, w
+    k, s, d, pb, pe, osp = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
+    size = np.dtype(dt).itemsize
+    pieces = []
+    if any(pb) or any(pe):
+        pieces.append((xs[:2] + tuple(n + b + e for n, b, e in zip(xs[2:], pb, pe)), size))
+    if _is_depthwise(xs[1], ws[0], group, ws):
+        pieces.append(((xs[0], ws[0]) + osp, size))
+    elif not (all(x == 1 for x in k) and all(x == 1 for x in s)):
+        ck = xs[1] * prod(k)
+        pieces.append(((ck, band_rows(ck, osp, size) * prod(osp[1:])), size))
+    return scratch_bytes(*pieces)
+
+
+@kernel("Conv", since=1, shape=conv_shape, scratch=conv_scratch)
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, out=None):
+         strides=None, out=None, scratch=None):
     n, c = X.shape[:2]
     m = W.shape[0]
     if c != W.shape[1] * group:
-        raise ValueError(f"input has {c} channels but weights expect {W.shape[1]} x group {group}")
+        raise ValueError(f"input has {c} channels but the weights expect {W.shape[1]} x group {group}")
     k, s, d, pb, pe, osp = conv_geometry(X.shape, W.shape, kernel_shape, strides, dilations, pads, auto_pad)
     Y = out if out is not None else np.empty((n, m) + osp, dtype=np.result_type(X, W))
-    Xp = pad(X, pb, pe)
-    if group > 1 and group == c == m:
-        _depthwise(Xp, W, k, s, d, osp, Y)
+    mem = Carver(scratch)
+    Xp = X
+    if any(pb) or any(pe):
+        Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
+                                         X.dtype))
+    if _is_depthwise(c, m, group, W.shape):
+        _depthwise(Xp, W, k, s, d, osp, Y, mem)
     else:
-        _im2col_gemm(Xp, W, group, k, s, d, osp, Y)
+        _im2col_gemm(Xp, W, group, k, s, d, osp, Y, mem)
     if B is not None:
         Y += B.reshape((m,) + (1,) * len(osp))
     return Y
 
 
-def _im2col_gemm(Xp, W, group, k, s, d, osp, Y):
+def _im2col_gemm(Xp, W, group, k, s, d, osp, Y, mem):
     n, c = Xp.shape[:2]
     m, ck, L = W.shape[0], W.shape[1] * prod(k), prod(osp)
     one_by_one = all(x == 1 for x in k) and all(x == 1 for x in s)
-    wins = None if one_by_one else windows(Xp, k, s, d, osp)   # (N, C, *k, *out), a view
     Wg = W.reshape(group, m // group, ck)
+    if one_by_one:
+        for i in range(n):
+            np.matmul(Wg, Xp[i].reshape(group, ck, L), out=Y[i].reshape(group, m // group, L))
+        return
+    wins = windows(Xp, k, s, d, osp)                     # (N, C, *k, *out): a view, no copy
+    rows, inner = band_rows(c * prod(k), osp, Xp.dtype.itemsize), prod(osp[1:])
+    band = mem.take((c * prod(k), rows * inner), Xp.dtype)
+    row_axis = 1 + len(k)                                # the first output axis of wins[i]
     for i in range(n):
-        cols = Xp[i].reshape(c, L) if one_by_one else wins[i].reshape(c * prod(k), L)  # the im2col copy
         y = Y[i].reshape(group, m // group, L)
-        np.matmul(Wg, cols.reshape(group, ck, L), out=y)
+        for r0 in range(0, osp[0], rows):
+            r1 = min(osp[0], r0 + rows)
+            src = wins[i][(slice(None),) * row_axis + (slice(r0, r1),)]
+            cols = band[:, :(r1 - r0) * inner]
+            np.copyto(cols.reshape(src.shape), src)      # the im2col copy, one band of rows
+            for g in range(group):                       # 2-D GEMMs: numpy's batched matmul skips BLAS
+                np.matmul(Wg[g], cols[g * ck:(g + 1) * ck], out=y[g, :, r0 * inner:r1 * inner])
 
 
-def _depthwise(Xp, W, k, s, d, osp, Y):
+def _depthwise(Xp, W, k, s, d, osp, Y, mem):
+    """Y[n, c] = sum_j W[c, j] * Xpad[n, c, o*s + j*d]: one multiply-add per tap, all channels at once."""
     c = Xp.shape[1]
     taps = W.reshape(c, prod(k))
     bshape = (c,) + (1,) * len(osp)
-    tmp = np.empty_like(Y)
-    Y.fill(0)
+    tmp = mem.take(Y.shape, Y.dtype)
     for t, (_, view) in enumerate(offsets(Xp, k, s, d, osp)):
-        np.multiply(view, taps[:, t].reshape(bshape), out=tmp)
-        Y += tmp
+        if t == 0:
+            np.multiply(view, taps[:, 0].reshape(bshape), out=Y)
+        else:
+            np.multiply(view, taps[:, t].reshape(bshape), out=tmp)
+            Y += tmp

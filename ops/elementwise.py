@@ -18,7 +18,7 @@ def _same(x, *rest, **_):
     return x
 
 
-def _binary(name, ufunc, since=1, shape=_broadcast_shape, inplace=0):
+def _binary(name, ufunc, since=1, shape=_broadcast_shape, inplace=(0, 1)):
     def fn(A, B, *, out=None):
         return ufunc(A, B, out=out)
     fn.__name__ = fn.__qualname__ = name
@@ -30,20 +30,20 @@ def _binary(name, ufunc, since=1, shape=_broadcast_shape, inplace=0):
 Add = _binary("Add", np.add, since=7)
 Sub = _binary("Sub", np.subtract, since=7)
 Mul = _binary("Mul", np.multiply, since=7)
-Equal = _binary("Equal", np.equal, since=7, shape=_bool_shape, inplace=None)
-Less = _binary("Less", np.less, since=7, shape=_bool_shape, inplace=None)
-Greater = _binary("Greater", np.greater, since=7, shape=_bool_shape, inplace=None)
-LessOrEqual = _binary("LessOrEqual", np.less_equal, since=12, shape=_bool_shape, inplace=None)
-GreaterOrEqual = _binary("GreaterOrEqual", np.greater_equal, since=12, shape=_bool_shape, inplace=None)
-And = _binary("And", np.logical_and, since=7, shape=_bool_shape, inplace=None)
-Or = _binary("Or", np.logical_or, since=7, shape=_bool_shape, inplace=None)
-Xor = _binary("Xor", np.logical_xor, since=7, shape=_bool_shape, inplace=None)
+Equal = _binary("Equal", np.equal, since=7, shape=_bool_shape, inplace=())
+Less = _binary("Less", np.less, since=7, shape=_bool_shape, inplace=())
+Greater = _binary("Greater", np.greater, since=7, shape=_bool_shape, inplace=())
+LessOrEqual = _binary("LessOrEqual", np.less_equal, since=12, shape=_bool_shape, inplace=())
+GreaterOrEqual = _binary("GreaterOrEqual", np.greater_equal, since=12, shape=_bool_shape, inplace=())
+And = _binary("And", np.logical_and, since=7, shape=_bool_shape, inplace=())
+Or = _binary("Or", np.logical_or, since=7, shape=_bool_shape, inplace=())
+Xor = _binary("Xor", np.logical_xor, since=7, shape=_bool_shape, inplace=())
 BitwiseAnd = _binary("BitwiseAnd", np.bitwise_and, since=18)
 BitwiseOr = _binary("BitwiseOr", np.bitwise_or, since=18)
 BitwiseXor = _binary("BitwiseXor", np.bitwise_xor, since=18)
 
 
-@kernel("Div", since=7, shape=_broadcast_shape, inplace=0)
+@kernel("Div", since=7, shape=_broadcast_shape, inplace=(0, 1))
 def Div(A, B, *, out=None):
     """Y = A / B; integer division truncates toward zero, like C."""
     if np.issubdtype(A.dtype, np.integer):

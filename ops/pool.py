@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from rzrt.ops.registry import kernel
-from rzrt.ops.window import geometry, offsets, pad
+from rzrt.ops.window import Carver, geometry, offsets, pad, scratch_bytes
 
 
 def _pool_geometry(x_shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode):
@@ -32,16 +32,34 @@ def _pool_shape(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_sha
     return xs[:2] + osp, dt
 
 
+def _pool_scratch(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+                  strides=None, **_):
+    """The padded input, when there is padding."""
+    xs, dt = x
+    _, _, _, pb, pe, _, extra = _pool_geometry(xs, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    if not any(pb) and not any(pe) and not any(extra):
+        return 0
+    return scratch_bytes((xs[:2] + tuple(n + b + e + x for n, b, e, x in zip(xs[2:], pb, pe, extra)),
+                          np.dtype(dt).itemsize))
+
+
+def _padded(X, pb, end, value, scratch):
+    if not any(pb) and not any(end):
+        return X
+    shape = X.shape[:2] + tuple(n + b + e for n, b, e in zip(X.shape[2:], pb, end))
+    return pad(X, pb, end, value=value, out=Carver(scratch).take(shape, X.dtype))
+
+
 def _lowest(dtype):
     return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
 
 
-@kernel("MaxPool", since=1, shape=_pool_shape)
+@kernel("MaxPool", since=1, shape=_pool_shape, scratch=_pool_scratch)
 def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-            storage_order=0, strides=None, out=None):
+            storage_order=0, strides=None, out=None, scratch=None):
     k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
                                                  auto_pad, ceil_mode)
-    Xp = pad(X, pb, tuple(e + x for e, x in zip(pe, extra)), value=_lowest(X.dtype))
+    Xp = _padded(X, pb, tuple(e + x for e, x in zip(pe, extra)), _lowest(X.dtype), scratch)
     Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
     for t, (_, view) in enumerate(offsets(Xp, k, s, d, osp)):
         if t == 0:
@@ -51,13 +69,13 @@ def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
     return Y
 
 
-@kernel("AveragePool", since=1, shape=_pool_shape)
+@kernel("AveragePool", since=1, shape=_pool_shape, scratch=_pool_scratch)
 def AveragePool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
-                kernel_shape=None, pads=None, strides=None, out=None):
+                kernel_shape=None, pads=None, strides=None, out=None, scratch=None):
     k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
                                                  auto_pad, ceil_mode)
     end = tuple(e + x for e, x in zip(pe, extra))
-    Xp = pad(X, pb, end)
+    Xp = _padded(X, pb, end, 0, scratch)
     Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
     Y.fill(0)
     for _, view in offsets(Xp, k, s, d, osp):

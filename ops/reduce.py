@@ -38,10 +38,15 @@ def _logsumexp(x, axes, keepdims):
     return y if keepdims else np.squeeze(y, axis=axes if axes is not None else tuple(range(x.ndim)))
 
 
-def _reduce(name, f, x, axes, keepdims, noop):
+NATIVE_OUT = {"ReduceMean": np.mean, "ReduceSum": np.sum, "ReduceMax": np.max, "ReduceMin": np.min}
+
+
+def _reduce(name, f, x, axes, keepdims, noop, out=None):
     a = _axes(axes, x.ndim, noop)
     if a == ():
-        return x
+        return x if out is None else np.copyto(out, x) or out
+    if out is not None and name in NATIVE_OUT and x.size:
+        return NATIVE_OUT[name](x, axis=a, keepdims=bool(keepdims), out=out)
     if x.size == 0 and name in ("ReduceMax", "ReduceMin"):
         shape = [1 if (a is None or i in a) else n for i, n in enumerate(x.shape)]
         fill = -np.inf if name == "ReduceMax" else np.inf
@@ -52,11 +57,11 @@ def _reduce(name, f, x, axes, keepdims, noop):
 
 
 def _make(name, f):
-    def with_attr(data, *, axes=None, keepdims=1):
-        return _reduce(name, f, data, axes, keepdims, False)
+    def with_attr(data, *, axes=None, keepdims=1, out=None):
+        return _reduce(name, f, data, axes, keepdims, False, out)
 
-    def with_input(data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
-        return _reduce(name, f, data, axes, keepdims, noop_with_empty_axes)
+    def with_input(data, axes=None, *, keepdims=1, noop_with_empty_axes=0, out=None):
+        return _reduce(name, f, data, axes, keepdims, noop_with_empty_axes, out)
 
     for fn, suffix in ((with_attr, "_1"), (with_input, "")):
         fn.__name__ = fn.__qualname__ = name + suffix

@@ -32,7 +32,8 @@ class Kernel:
     since: int
     fn: Callable
     shape: Callable | None = None      # (*input (shape, dtype), **attrs) -> (shape, dtype) or a list of them
-    inplace: int | None = None         # index of the input whose buffer the output may reuse
+    inplace: tuple = ()                # inputs whose buffer the output may take over when they die here
+    view: bool = False                 # the output is a view of input 0 (Reshape, Flatten, ...): no bytes of its own
     scratch: Callable | None = None    # (*input (shape, dtype), **attrs) -> scratch bytes the kernel wants
     attrs: dict = field(default_factory=dict)   # attribute name -> default (from the signature)
     context: frozenset = frozenset()   # keyword-only `_name` parameters the session fills in
@@ -87,23 +88,31 @@ def _describe(fn: Callable) -> dict:
 
 
 def register(fn: Callable, op_type: str, domain: str = "", since: int = 1, *, shape=None,
-             inplace: int | None = None, scratch=None, override: bool = False) -> Kernel:
+             inplace=(), view: bool = False, scratch=None, override: bool = False) -> Kernel:
     domain = normalize_domain(domain)
     versions = _REGISTRY.setdefault((domain, op_type), {})
     if since in versions and not override:
         raise RzrtError(f"kernel {domain + '.' if domain else ''}{op_type} (since opset {since}) is "
                         f"already registered by {versions[since].fn.__module__}.{versions[since].fn.__qualname__}; "
                         f"pass override=True to replace it")
-    k = Kernel(op_type, domain, since, fn, shape, inplace, scratch, **_describe(fn))
+    inplace = (inplace,) if isinstance(inplace, int) else tuple(inplace or ())
+    k = Kernel(op_type, domain, since, fn, shape, inplace, view, scratch, **_describe(fn))
     versions[since] = k
     return k
 
 
-def kernel(op_type: str, domain: str = "", since: int = 1, *, shape=None, inplace: int | None = None,
+def kernel(op_type: str, domain: str = "", since: int = 1, *, shape=None, inplace=(), view: bool = False,
            scratch=None, override: bool = False):
-    """Decorator: register `fn` as the kernel of (domain, op_type) from opset `since` on."""
+    """Decorator: register `fn` as the kernel of (domain, op_type) from opset `since` on.
+
+    shape(*inputs, **attrs) -> (shape, dtype): the output from the inputs' (shape, dtype), for the plan.
+    inplace: indices of inputs whose buffer the output may take over when that input dies here.
+    view: the output is a view of input 0 and needs no buffer.
+    scratch(*inputs, **attrs) -> bytes of scratch memory the kernel wants as `scratch=`.
+    """
     def deco(fn):
-        register(fn, op_type, domain, since, shape=shape, inplace=inplace, scratch=scratch, override=override)
+        register(fn, op_type, domain, since, shape=shape, inplace=inplace, view=view, scratch=scratch,
+                 override=override)
         return fn
     return deco
 

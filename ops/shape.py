@@ -10,7 +10,7 @@ def _ints(t) -> list[int]:
     return [int(v) for v in np.asarray(t).reshape(-1)]
 
 
-@kernel("Identity", since=1)
+@kernel("Identity", since=1, view=True)
 def Identity(X):
     return X
 
@@ -58,7 +58,7 @@ def _flatten_shape(x, *, axis=1):
     return (int(np.prod(s[:axis])), int(np.prod(s[axis:]))), dt
 
 
-@kernel("Flatten", since=1, shape=_flatten_shape)
+@kernel("Flatten", since=1, shape=_flatten_shape, view=True)
 def Flatten(X, *, axis=1):
     axis = axis % X.ndim if X.ndim else 0
     return X.reshape(int(np.prod(X.shape[:axis])), -1)
@@ -76,12 +76,12 @@ def reshape_target(in_shape, shape, allowzero=0):
     return tuple(out)
 
 
-@kernel("Reshape", since=5)
+@kernel("Reshape", since=5, view=True)
 def Reshape(data, shape, *, allowzero=0):
     return data.reshape(reshape_target(data.shape, shape, allowzero))
 
 
-@kernel("Reshape", since=1)
+@kernel("Reshape", since=1, view=True)
 def Reshape_1(data, *, shape=None, consumed_inputs=None):
     return data.reshape(reshape_target(data.shape, shape))
 
@@ -137,23 +137,23 @@ def _axes_param(axes, ndim):
     return sorted(a % ndim for a in _ints(axes))
 
 
-@kernel("Unsqueeze", since=1)
+@kernel("Unsqueeze", since=1, view=True)
 def Unsqueeze_1(data, *, axes):
     return Unsqueeze(data, np.array(axes))
 
 
-@kernel("Unsqueeze", since=13)
+@kernel("Unsqueeze", since=13, view=True)
 def Unsqueeze(data, axes):
     ndim = data.ndim + len(_ints(axes))
     return np.expand_dims(data, tuple(_axes_param(axes, ndim)))
 
 
-@kernel("Squeeze", since=1)
+@kernel("Squeeze", since=1, view=True)
 def Squeeze_1(data, *, axes=None):
     return Squeeze(data, None if axes is None else np.array(axes))
 
 
-@kernel("Squeeze", since=13)
+@kernel("Squeeze", since=13, view=True)
 def Squeeze(data, axes=None):
     if axes is None:
         return np.squeeze(data)

@@ -95,5 +95,27 @@ def offsets(xp: np.ndarray, kernel, strides, dilations, out_spatial):
         yield j, xp[(slice(None), slice(None)) + sl]
 
 
+class Carver:
+    """Hands out typed views of consecutive, aligned pieces of one scratch buffer (or fresh
+    arrays when there is none), so a kernel's temporaries live in the planned arena."""
+
+    def __init__(self, scratch: np.ndarray | None):
+        self.buf, self.used = scratch, 0
+
+    def take(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        if self.buf is None:
+            return np.empty(shape, dtype)
+        n = prod(shape) * dtype.itemsize
+        view = self.buf[self.used:self.used + n].view(dtype).reshape(shape)
+        self.used += (n + 63) // 64 * 64
+        return view
+
+
+def scratch_bytes(*pieces) -> int:
+    """Bytes a Carver needs for these (shape, itemsize) pieces, each 64-byte aligned."""
+    return sum((prod(shape) * itemsize + 63) // 64 * 64 for shape, itemsize in pieces)
+
+
 def prod(xs) -> int:
     return math.prod(int(x) for x in xs)

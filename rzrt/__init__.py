@@ -25,7 +25,7 @@ def register_op(op_type: str, domain: str = "", since: int = 1, *, shape=None, i
     plan can place the output; `inplace=True` lets the output reuse its first input's buffer.
     """
     def deco(fn):
-        _register(fn, op_type, domain, since, shape=shape, inplace=0 if inplace else None, override=override)
+        _register(fn, op_type, domain, since, shape=shape, inplace=(0,) if inplace else (), override=override)
         return fn
     return deco
 

@@ -9,7 +9,7 @@ and analyses (profiling, tracing) subclass it and override run_node, calling sup
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,8 +26,9 @@ class Step:
     inputs: tuple                # value names; "" for an absent optional input
     outputs: tuple
     frees: tuple = ()            # values whose last reader is this step
-    out: object = None           # planned output buffer(s), filled in by the session's plan
-    scratch: object = None       # planned scratch buffer
+    out: object = None           # the output's planned buffer (a view into the arena)
+    out_spec: tuple | None = None   # (shape, dtype) the plan expects; with out=None, allocated per run
+    scratch: object = None       # the planned scratch buffer
 
     @property
     def fn(self):
@@ -58,7 +59,7 @@ class Executor:
     steps: list
     constants: dict              # initializers: name -> array, never freed
     output_names: list
-    stats: dict = field(default_factory=dict)
+    arena: np.ndarray | None = None
 
     def run(self, feeds: dict) -> dict:
         env = dict(self.constants)
@@ -71,7 +72,13 @@ class Executor:
                     env[name] = value
             for name in step.frees:
                 env.pop(name, None)
-        return {n: env[n] for n in self.output_names}
+        return {n: self._owned(env[n]) for n in self.output_names}
+
+    def _owned(self, value: np.ndarray) -> np.ndarray:
+        """Outputs never point into the arena: the next run would overwrite them."""
+        if self.arena is not None and np.may_share_memory(value, self.arena):
+            return value.copy()
+        return value
 
     def run_node(self, step: Step, args: list) -> list:
         try:
@@ -84,8 +91,9 @@ class Executor:
 
     def call_kernel(self, step: Step, args: list):
         kwargs = step.kwargs
-        if step.out is not None:
-            kwargs = dict(kwargs, out=step.out)
+        if step.out_spec is not None:
+            out = step.out if step.out is not None else np.empty(*step.out_spec)
+            kwargs = dict(kwargs, out=out)
         if step.scratch is not None:
             kwargs = dict(kwargs, scratch=step.scratch)
         return step.kernel.fn(*args, **kwargs)
@@ -104,4 +112,8 @@ def outputs_of(step: Step, result, args) -> list:
     if len(results) < needed:
         raise KernelError(f"{describe(step, args)} returned {len(results)} output(s); "
                           f"the node expects {wanted}")
-    return [r if isinstance(r, np.ndarray) else np.asarray(r) for r in results[:wanted]]
+    results = [r if isinstance(r, np.ndarray) else np.asarray(r) for r in results[:wanted]]
+    if step.out_spec is not None and results[0].shape != tuple(step.out_spec[0]):
+        raise KernelError(f"{describe(step, args)} returned shape {list(results[0].shape)}, but its shape rule "
+                          f"said {list(step.out_spec[0])}; fix the kernel or its shape= rule")
+    return results

@@ -10,6 +10,7 @@ The graph computes its own topological order; the file's node order is never tru
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,9 +96,12 @@ class Graph:
         )
 
     def to_onnx(self) -> onnx.ModelProto:
-        nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain or None,
-                                  **{k: _attr_for_proto(v) for k, v in n.attrs.items() if v is not None})
-                 for n in self.toposort()]
+        nodes = []
+        for n in self.toposort():
+            proto = helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain or None)
+            proto.attribute.extend(_attribute_proto(n, k, v, self.opsets.get(n.domain))
+                                   for k, v in n.attrs.items() if v is not None)
+            nodes.append(proto)
         graph = helper.make_graph(
             nodes, self.name,
             [value_to_proto(v) for v in self.inputs],
@@ -132,8 +136,11 @@ class Graph:
         return [v.name for v in self.inputs]
 
     def toposort(self) -> list:
-        """Kahn's algorithm, stable with respect to the file's order; raises ModelError on a cycle."""
+        """Kahn's algorithm, stable with respect to the file's order: of the nodes whose inputs
+        are ready, the one written first runs first, so a file already in order keeps its order.
+        Raises ModelError on a cycle."""
         produced_by = self.producers()
+        position = {id(n): k for k, n in enumerate(self.nodes)}
         indegree = {}
         users = defaultdict(list)
         for n in self.nodes:
@@ -141,19 +148,22 @@ class Graph:
             indegree[id(n)] = len(deps)
             for d in deps:
                 users[d].append(n)
-        ready = [n for n in self.nodes if indegree[id(n)] == 0]
+        ready = [position[id(n)] for n in self.nodes if indegree[id(n)] == 0]   # a heap of positions
+        heapq.heapify(ready)
         order = []
         while ready:
-            n = ready.pop(0)
+            n = self.nodes[heapq.heappop(ready)]
             order.append(n)
             for u in users[id(n)]:
                 indegree[id(u)] -= 1
                 if indegree[id(u)] == 0:
-                    ready.append(u)
+                    heapq.heappush(ready, position[id(u)])
         if len(order) != len(self.nodes):
-            stuck = [n.name for n in self.nodes if indegree[id(n)] > 0]
-            raise ModelError(f"the graph has a cycle through node(s) {', '.join(stuck[:5])}"
-                             f"{' ...' if len(stuck) > 5 else ''}; an ONNX graph must be acyclic")
+            stuck = _on_cycles([n for n in self.nodes if indegree[id(n)] > 0], produced_by)
+            names = [f"{n.name!r} ({n.op_type})" for n in stuck]
+            raise ModelError(f"the graph has a cycle through node(s) {', '.join(names[:8])}"
+                             f"{f' and {len(names) - 8} more' if len(names) > 8 else ''}; "
+                             "an ONNX graph must be acyclic (no node may depend on its own output)")
         return order
 
     def lint(self) -> None:
@@ -178,8 +188,23 @@ class Graph:
                                      f"or initializer produces; the model is incomplete or corrupt")
         for v in self.outputs:
             if v.name not in defined:
-                raise ModelError(f"graph output {v.name!r} is produced by nothing")
+                raise ModelError(f"graph output {v.name!r} is produced by no node, graph input or initializer; "
+                                 "every graph output must be computed by the graph (the model is incomplete "
+                                 "or corrupt)")
         self.toposort()
+
+
+def _on_cycles(stuck: list, produced_by: dict) -> list:
+    """Of the nodes Kahn's algorithm could not place, those on a cycle (or between cycles):
+    drop, again and again, every node none of whose outputs is read by another stuck node."""
+    alive = {id(n): n for n in stuck}
+    while True:
+        read = {id(produced_by[i]) for n in alive.values() for i in n.inputs if i in produced_by}
+        dead = [k for k in alive if k not in read]
+        if not dead:
+            return [n for n in stuck if id(n) in alive]
+        for k in dead:
+            del alive[k]
 
 
 def _unique_node_names(nodes) -> None:
@@ -196,8 +221,11 @@ def _unique_node_names(nodes) -> None:
 _ONNX_TYPE_NAMES = {}
 for _code, _np in ((1, "float"), (2, "uint8"), (3, "int8"), (4, "uint16"), (5, "int16"), (6, "int32"),
                    (7, "int64"), (8, "string"), (9, "bool"), (10, "float16"), (11, "double"),
-                   (12, "uint32"), (13, "uint64")):
-    _ONNX_TYPE_NAMES[np.dtype(helper.tensor_dtype_to_np_dtype(_code))] = _np
+                   (12, "uint32"), (13, "uint64"), (14, "complex64"), (15, "complex128"), (16, "bfloat16")):
+    try:   # bfloat16 needs ml_dtypes, which older onnx releases do not bring
+        _ONNX_TYPE_NAMES[np.dtype(helper.tensor_dtype_to_np_dtype(_code))] = _np
+    except Exception:
+        pass
 
 
 def dtype_of(elem_type: int) -> np.dtype | None:
@@ -238,13 +266,21 @@ def tensor_to_array(t, what: str) -> np.ndarray:
 
 
 def attribute_value(a: AttributeProto, where: str) -> Any:
+    """An attribute as a Python value: int, float, str, tuple of ints/floats, list of str,
+    np.ndarray for tensors; raises ModelError for an attribute without a type."""
+    if a.type == AttributeProto.UNDEFINED:
+        raise ModelError(f"{where}: attribute {a.name!r} has no type (UNDEFINED); expected an int, float, "
+                         "string, tensor or a list of them - the file is corrupt or was written incorrectly")
     if a.type == AttributeProto.TENSOR:
         return tensor_to_array(a.t, f"{where}, attribute {a.name!r}")
     if a.type == AttributeProto.SPARSE_TENSOR:
         return tensor_to_array(a.sparse_tensor, f"{where}, attribute {a.name!r}")
     if a.type == AttributeProto.TENSORS:
         return [tensor_to_array(t, f"{where}, attribute {a.name!r}") for t in a.tensors]
-    v = helper.get_attribute_value(a)
+    try:
+        v = helper.get_attribute_value(a)
+    except Exception as e:
+        raise ModelError(f"{where}: cannot read attribute {a.name!r} ({e}); the file is corrupt") from None
     if isinstance(v, bytes):
         return v.decode("utf-8", errors="replace")
     if isinstance(v, list) and v and isinstance(v[0], bytes):
@@ -257,6 +293,21 @@ def attribute_value(a: AttributeProto, where: str) -> Any:
 def _attr_for_proto(v):
     if isinstance(v, np.ndarray):
         return numpy_helper.from_array(v)
-    if isinstance(v, tuple):
-        return list(v)
+    if isinstance(v, (tuple, list)):
+        return [_attr_for_proto(x) for x in v]
     return v
+
+
+def _attribute_proto(node: Node, name: str, value, opset) -> AttributeProto:
+    """The AttributeProto for one converted attribute. An empty list carries no element type,
+    so its type comes from the op's schema (INTS, the common case, when there is none)."""
+    value = _attr_for_proto(value)
+    if isinstance(value, list) and not value:
+        attr_type = AttributeProto.INTS
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset or onnx.defs.onnx_opset_version(), node.domain)
+            attr_type = AttributeProto.AttributeType.Value(schema.attributes[name].type.name)
+        except Exception:
+            pass
+        return helper.make_attribute(name, value, attr_type=attr_type)
+    return helper.make_attribute(name, value)

@@ -1,10 +1,12 @@
-"""Picture -> tensor, exactly as torchvision's classification preset does it:
+"""Picture -> tensor, exactly as torchvision's classification preset does it on a picture
+opened with .convert("RGB") (load_image also applies the EXIF orientation first):
 
     Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize(mean, std)
 
   resize     the shorter side to `size`, the longer one int(size * long / short), PIL bilinear
              (antialiased; the filter torchvision.transforms uses on PIL images)
-  crop       the central `crop` x `crop` square, top/left = round((side - crop) / 2)
+  crop       the central `crop` x `crop` square, top/left = round((side - crop) / 2); a picture
+             smaller than the crop is first padded with black, centred, as torchvision does
   scale      x / 255 to [0, 1], HWC -> CHW
   normalise  (x - mean) / std per channel, in float32
 """
@@ -22,18 +24,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any pillow mode -> RGB, as im.convert("RGB") does (alpha dropped, palette expanded)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
 def load_image(path) -> Image.Image:
     """Open any pillow-readable picture as RGB, EXIF orientation applied."""
     try:
         with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-            return im.convert("RGB")
+            im = ImageOps.exif_transpose(im)   # a loaded copy, independent of the open file
+            return to_rgb(im)
     except FileNotFoundError:
         raise InputError(f"image not found: {path}") from None
     except IsADirectoryError:
         raise InputError(f"{path} is a directory, not an image") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"cannot read image {path}: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"cannot read image {path}: {e}; expected a picture pillow can open "
                          f"(JPEG, PNG, BMP, GIF, WebP, TIFF)") from None
@@ -69,8 +80,9 @@ def to_tensor(im: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarr
 
 
 def preprocess(path_or_image, size: int = 256, crop: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """One picture -> (3, crop, crop) float32, ready to stack into an NCHW batch."""
-    im = path_or_image if isinstance(path_or_image, Image.Image) else load_image(path_or_image)
+    """One picture (a path, or a pillow image in any mode) -> (3, crop, crop) float32,
+    ready to stack into an NCHW batch."""
+    im = to_rgb(path_or_image) if isinstance(path_or_image, Image.Image) else load_image(path_or_image)
     return to_tensor(center_crop(resize_shorter(im, size), crop), mean, std)
 
 

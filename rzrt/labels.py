@@ -1,8 +1,9 @@
 """Class names for a classifier's outputs.
 
 Where they come from, first match wins:
-  1. --labels FILE given by the user (one name a line), checked against the class count
-  2. the model's metadata_props["labels"] (a JSON list, or one name a line), as models/export.py writes
+  1. --labels FILE given by the user (one name a line, or a JSON list), checked against the class count
+  2. the model's metadata_props["labels"] (a JSON list, or one name a line), as models/export.py writes;
+     skipped (not an error) when its count does not match the output
   3. the bundled ImageNet-1k list, when the output has 1000 classes
   4. the class indices themselves
 """
@@ -18,9 +19,16 @@ IMAGENET = Path(__file__).resolve().parent / "data" / "imagenet_classes.txt"
 
 
 def parse_labels(text: str) -> list:
-    text = text.strip()
+    """A JSON list of names, or one name a line (blank lines skipped). Text that merely starts
+    with "[" (a name such as "[PAD]") is read line by line."""
+    text = text.strip().lstrip("\ufeff")
     if text.startswith("["):
-        return [str(x) for x in json.loads(text)]
+        try:
+            names = json.loads(text)
+        except ValueError:
+            names = None
+        if isinstance(names, list):
+            return [str(x) for x in names]
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -32,19 +40,19 @@ def resolve_labels(n_classes: int, metadata: dict, labels_file=None) -> tuple:
     """(list of n_classes names, where they came from)."""
     if labels_file:
         try:
-            labels = parse_labels(Path(labels_file).read_text(encoding="utf-8"))
+            labels = parse_labels(Path(labels_file).read_text(encoding="utf-8-sig"))
         except OSError as e:
             raise InputError(f"cannot read labels file {labels_file}: {e.strerror or e}") from None
+        except UnicodeDecodeError as e:
+            raise InputError(f"cannot read labels file {labels_file}: not UTF-8 text ({e.reason} at byte "
+                             f"{e.start}); expected one class name a line, UTF-8") from None
         if len(labels) != n_classes:
             raise InputError(f"labels file {labels_file} has {len(labels)} names but the model outputs "
                              f"{n_classes} classes; expected one name a line, {n_classes} lines")
         return labels, str(labels_file)
     for key in METADATA_KEYS:
         if key in metadata:
-            try:
-                labels = parse_labels(metadata[key])
-            except ValueError:
-                continue
+            labels = parse_labels(metadata[key])
             if len(labels) == n_classes:
                 return labels, f"model metadata {key!r}"
     if n_classes == 1000:

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,8 @@ from rzrt.executor import Executor, Step, last_uses
 from rzrt.graph import Graph, Value
 from rzrt.model import load_model
 from rzrt.ops import registry
+from rzrt.planner import MemoryPlan, Request, plan
+from rzrt.shapes import infer_shapes
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,27 @@ class ModelMetadata:
 
 
 class InferenceSession:
-    def __init__(self, path_or_bytes, sess_options=None, providers=None, **kwargs):
+    """Load a model once; run it many times.
+
+    level        graph optimisation: 0 off, 1 basic (standard ONNX rewrites), 2 all (fused rzrt ops)
+    memory_plan  place every intermediate value in one preallocated arena (plans cached per input shape)
+    """
+
+    def __init__(self, path_or_bytes, sess_options=None, providers=None, *, level: int = 2,
+                 memory_plan: bool = True):
         del sess_options, providers   # accepted for onnxruntime compatibility; rzrt has one CPU provider
+        from rzrt.passes.pipeline import optimize
+
         model = load_model(path_or_bytes)
         self.graph = Graph.from_onnx(model)
         self.graph.lint()
+        bind_kernels(self.graph)      # every missing kernel is reported before any pass runs
+        self.pass_report = optimize(self.graph, level)
+        self.level = level
         self._steps = bind_kernels(self.graph)
-        self._executor = Executor(self._steps, self.graph.initializers, self.graph.output_names)
         last_uses(self._steps, keep=self.graph.output_names)
-        if kwargs:
-            raise TypeError(f"InferenceSession got unexpected keyword argument(s) {', '.join(kwargs)}")
+        self.memory_plan_enabled = memory_plan
+        self._runs = {}               # input signature -> Executor with its arena
 
     # --- onnxruntime's API -----------------------------------------------------------
     def get_inputs(self) -> list:
@@ -59,8 +73,51 @@ class InferenceSession:
         del run_options
         feeds = self._check_feed(input_feed)
         names = self._check_output_names(output_names)
-        results = self._executor.run(feeds)
+        results = self._executor_for(feeds).run(feeds)
         return [results[n] for n in names]
+
+    def memory_plan(self, input_shapes: dict | None = None) -> MemoryPlan:
+        """The plan for these input shapes ({name: shape}; default: the last run's, else dims of 1)."""
+        if input_shapes is None and self._runs:
+            return next(reversed(self._runs.values())).plan
+        feeds = {v.name: np.empty(tuple((input_shapes or {}).get(v.name) or _default_shape(v)), v.dtype)
+                 for v in self.graph.inputs}
+        return self._executor_for(feeds).plan
+
+    # --- planning --------------------------------------------------------------------
+    def _executor_for(self, feeds: dict) -> Executor:
+        sig = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
+        ex = self._runs.get(sig)
+        if ex is None:
+            ex = self._runs[sig] = self._build_executor({n: (a.shape, a.dtype) for n, a in feeds.items()})
+        return ex
+
+    def _build_executor(self, feed_info: dict) -> Executor:
+        g = self.graph
+        shapes = infer_shapes(self._steps, g.initializers, feed_info, g.opsets)
+        requests, shares, dynamic, specs = memory_requests(self._steps, shapes, g)
+        if not self.memory_plan_enabled:
+            requests, shares, specs = [], {}, {}
+        mplan = plan(requests, shares, dynamic)
+        arena = _aligned_bytes(mplan.arena_bytes) if requests else None
+        steps = []
+        for s in self._steps:
+            s = dataclasses.replace(s)
+            name = s.outputs[0] if len(s.outputs) == 1 else None
+            if name in specs:
+                s.out_spec = specs[name]
+                if name in mplan.offsets:
+                    s.out = _view(arena, mplan.offsets[name][0], *specs[name])
+            key = scratch_name(s)
+            if key in mplan.offsets:
+                off, n = mplan.offsets[key]
+                s.scratch = arena[off:off + n]
+            steps.append(s)
+        ex = self.executor_class(steps, g.initializers, g.output_names, arena)
+        ex.plan, ex.shapes = mplan, shapes
+        return ex
+
+    executor_class = Executor
 
     # --- checks ----------------------------------------------------------------------
     def _check_output_names(self, output_names) -> list:
@@ -88,6 +145,92 @@ class InferenceSession:
             raise InputError(f"missing input {missing[0]!r} ({_describe(expected[missing[0]])}); "
                              f"got {', '.join(map(repr, feed)) or 'no inputs'}")
         return {name: _check_array(expected[name], a) for name, a in feed.items()}
+
+
+def scratch_name(step: Step) -> str:
+    return f"{step.node.name}/scratch"
+
+
+def memory_requests(steps, shapes: dict, graph: Graph):
+    """What the planner must place: (requests, shares, dynamic, out_specs).
+
+    out_specs: output -> (shape, dtype) for every single-output kernel that writes into `out=`
+    (graph outputs included: they get a fresh buffer each run, never the arena).
+    """
+    keep = set(graph.output_names)
+    last = {}
+    for i, s in enumerate(steps):
+        for n in s.inputs:
+            if n:
+                last[n] = i
+    requests, shares, dynamic, specs, planned = [], {}, [], {}, {}
+    root, group_end = {}, {}
+
+    def add(name, nbytes, start, end, share=None):
+        requests.append(Request(name, nbytes, start, end))
+        r = root[share] if share else name
+        root[name] = r
+        group_end[r] = max(group_end.get(r, end), end)
+        if share:
+            shares[name] = share
+
+    for i, s in enumerate(steps):
+        k = s.kernel
+        ins = [shapes.get(n) if n else None for n in s.inputs]
+        attrs = {a: v for a, v in s.kwargs.items() if not a.startswith("_")}
+        if k.scratch is not None and k.takes_scratch and all(x is not None for n, x in zip(s.inputs, ins) if n):
+            nbytes = k.scratch(*ins, **attrs)
+            if nbytes:
+                add(scratch_name(s), nbytes, i, i)
+        for j, name in enumerate(s.outputs):
+            if not name:
+                continue
+            info = shapes.get(name)
+            single = k.takes_out and len(s.outputs) == 1 and info is not None
+            if name in keep:
+                if single:
+                    specs[name] = info
+                continue
+            if k.view and j == 0:
+                if s.inputs[0] in planned and info is not None:
+                    add(name, _nbytes(info), i, last.get(name, i), share=s.inputs[0])
+                    planned[name] = info
+                continue      # else a view of an input, an initializer or a run-time value: no bytes
+            if not single:
+                dynamic.append(name)
+                continue
+            share = None
+            for idx in k.inplace:
+                cand = s.inputs[idx] if idx < len(s.inputs) else ""
+                if cand in planned and planned[cand] == info and group_end[root[cand]] == i:
+                    share = cand
+                    break
+            add(name, _nbytes(info), i, last.get(name, i), share=share)
+            planned[name] = info
+            specs[name] = info
+    return requests, shares, dynamic, specs
+
+
+def _nbytes(info) -> int:
+    shape, dtype = info
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _aligned_bytes(n: int) -> np.ndarray:
+    raw = np.empty(n + 64, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64
+    return raw[start:start + n]
+
+
+def _view(arena, offset, shape, dtype):
+    n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return arena[offset:offset + n].view(dtype).reshape(shape)
+
+
+def _default_shape(v: Value) -> tuple:
+    if v.shape is None:
+        raise InputError(f"input {v.name!r} has no declared shape; pass input_shapes={{{v.name!r}: (...)}}")
+    return tuple(d if isinstance(d, int) and d > 0 else 1 for d in v.shape)
 
 
 def _check_array(v: Value, a) -> np.ndarray:
