@@ -9,6 +9,8 @@ from rzrt.errors import InputError
 
 def session_options(fn):
     """Options every model-running command takes."""
+    fn = click.option("--level", "-O", type=click.IntRange(0, 2), default=2, show_default=True,
+                      help="graph optimisation: 0 off, 1 standard ONNX rewrites, 2 + rzrt fusions")(fn)
     return fn
 
 

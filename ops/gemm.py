@@ -10,12 +10,12 @@ import numpy as np
 from rzrt.ops.registry import kernel
 
 
-def _gemm_shape(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+def gemm_shape(a, b, c=None, *, transA=0, transB=0, **_):
     (sa, dt), (sb, _) = a, b
     return (sa[1] if transA else sa[0], sb[0] if transB else sb[1]), dt
 
 
-@kernel("Gemm", since=1, shape=_gemm_shape)
+@kernel("Gemm", since=1, shape=gemm_shape)
 def Gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0, out=None):
     a = A.T if transA else A
     b = B.T if transB else B
@@ -27,7 +27,7 @@ def Gemm(A, B, C=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0, 
     return Y
 
 
-def _matmul_shape(a, b):
+def matmul_shape(a, b, **_):
     (sa, dt), (sb, _) = a, b
     sa1, sb1 = (sa if len(sa) > 1 else (1,) + sa), (sb if len(sb) > 1 else sb + (1,))
     batch = np.broadcast_shapes(sa1[:-2], sb1[:-2])
@@ -39,7 +39,7 @@ def _matmul_shape(a, b):
     return shape, dt
 
 
-@kernel("MatMul", since=1, shape=_matmul_shape)
+@kernel("MatMul", since=1, shape=matmul_shape)
 def MatMul(A, B, *, out=None):
     return np.matmul(A, B, out=out)
 

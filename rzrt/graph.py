@@ -135,6 +135,41 @@ class Graph:
     def input_names(self) -> list:
         return [v.name for v in self.inputs]
 
+    # --- editing (for the passes) ---------------------------------------------------
+    def value_names(self) -> set:
+        names = set(self.initializers) | set(self.input_names) | set(self.output_names)
+        for n in self.nodes:
+            names.update(n.inputs)
+            names.update(n.outputs)
+        return names
+
+    def fresh_name(self, base: str, taken: set | None = None) -> str:
+        """A value name not used anywhere in the graph: base, base_1, base_2, ..."""
+        taken = self.value_names() if taken is None else taken
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        return name
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Every node that read `old` reads `new` instead."""
+        for n in self.nodes:
+            n.inputs = [new if i == old else i for i in n.inputs]
+
+    def remove(self, *nodes) -> None:
+        dead = {id(n) for n in nodes}
+        self.nodes = [n for n in self.nodes if id(n) not in dead]
+
+    def static_shape(self, name: str):
+        """The declared shape of a value (dims may be symbolic), or None."""
+        if name in self.initializers:
+            return self.initializers[name].shape
+        for v in self.inputs:
+            if v.name == name:
+                return v.shape
+        v = self.value_info.get(name)
+        return v.shape if v is not None else None
+
     def toposort(self) -> list:
         """Kahn's algorithm, stable with respect to the file's order: of the nodes whose inputs
         are ready, the one written first runs first, so a file already in order keeps its order.

@@ -21,7 +21,7 @@ IMAGENET = Path(__file__).resolve().parent / "data" / "imagenet_classes.txt"
 def parse_labels(text: str) -> list:
     """A JSON list of names, or one name a line (blank lines skipped). Text that merely starts
     with "[" (a name such as "[PAD]") is read line by line."""
-    text = text.strip().lstrip("\ufeff")
+    text = text.strip()
     if text.startswith("["):
         try:
             names = json.loads(text)

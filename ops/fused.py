@@ -1,0 +1,52 @@
+"""rzrt-domain fused ops, written by the fusing passes: the base op computes into the output
+buffer, then the residual Z is added and the activation applied there, in place.
+
+    FusedConv(X, W, B, Z) = act(Conv(X, W, B) + Z)
+    FusedGemm(A, B, C)    = act(Gemm(A, B, C))
+    FusedMatMul(A, B)     = act(A @ B)
+"""
+from __future__ import annotations
+
+from rzrt.ops.activation import Clip_6, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid, Tanh
+from rzrt.ops.conv import Conv, conv_scratch, conv_shape
+from rzrt.ops.gemm import Gemm, MatMul, gemm_shape, matmul_shape
+from rzrt.ops.registry import kernel
+
+ACTIVATIONS = {
+    "Relu": lambda y: Relu(y, out=y),
+    "Sigmoid": lambda y: Sigmoid(y, out=y),
+    "Tanh": lambda y: Tanh(y, out=y),
+    "HardSwish": lambda y: HardSwish(y, out=y),
+    "LeakyRelu": lambda y, alpha: LeakyRelu(y, alpha=alpha, out=y),
+    "HardSigmoid": lambda y, alpha, beta: HardSigmoid(y, alpha=alpha, beta=beta, out=y),
+    "Clip": lambda y, lo, hi: Clip_6(y, min=lo, max=hi, out=y),
+}
+
+
+def activate(Y, activation: str, params=()):
+    """Apply the named activation to Y in place."""
+    if activation:
+        ACTIVATIONS[activation](Y, *params)
+    return Y
+
+
+@kernel("FusedConv", domain="rzrt", since=1, shape=conv_shape, scratch=conv_scratch)
+def FusedConv(X, W, B=None, Z=None, *, activation="", activation_params=(), auto_pad="NOTSET", dilations=None,
+              group=1, kernel_shape=None, pads=None, strides=None, out=None, scratch=None):
+    Y = Conv(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+             strides=strides, out=out, scratch=scratch)
+    if Z is not None:
+        Y += Z
+    return activate(Y, activation, activation_params)
+
+
+@kernel("FusedGemm", domain="rzrt", since=1, shape=gemm_shape)
+def FusedGemm(A, B, C=None, *, activation="", activation_params=(), alpha=1.0, beta=1.0, transA=0, transB=0,
+              out=None):
+    Y = Gemm(A, B, C, alpha=alpha, beta=beta, transA=transA, transB=transB, out=out)
+    return activate(Y, activation, activation_params)
+
+
+@kernel("FusedMatMul", domain="rzrt", since=1, shape=matmul_shape)
+def FusedMatMul(A, B, *, activation="", activation_params=(), out=None):
+    return activate(MatMul(A, B, out=out), activation, activation_params)
