@@ -34,6 +34,9 @@ def run(model, images, top_k, size, crop, mean, std, labels_file, batch, as_json
     rzrt run resnet50.onnx photos/ --top-k 3 --json
     """
     mean, std = floats(mean, "--mean", 3), floats(std, "--std", 3)
+    if not np.isfinite(mean + std).all() or 0 in std:
+        raise InputError(f"--mean and --std expect finite numbers and a non-zero std, "
+                         f"got --mean {','.join(map(str, mean))} --std {','.join(map(str, std))}")
     sess = open_session(model, **session_kw)
     inp = _image_input(sess)
     fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
@@ -50,7 +53,9 @@ def run(model, images, top_k, size, crop, mean, std, labels_file, batch, as_json
     results, errors = [], []
     per_run = fixed_batch or batch
     chunks = [paths[i:i + per_run] for i in range(0, len(paths), per_run)]
-    labels = None
+    n_classes = _class_count(sess.get_outputs()[0].shape)
+    meta = sess.get_modelmeta().custom_metadata_map
+    labels = resolve_labels(n_classes, meta, labels_file)[0] if n_classes else None  # a bad --labels fails now
     show = sys.stderr.isatty() and len(chunks) > 1
     with click.progressbar(chunks, label="classifying", file=sys.stderr) if show else _nullbar(chunks) as bar:
         for chunk in bar:
@@ -72,8 +77,8 @@ def run(model, images, top_k, size, crop, mean, std, labels_file, batch, as_json
                 x = np.concatenate([x, np.zeros((fixed_batch - len(ok),) + x.shape[1:], x.dtype)])
             (logits,) = sess.run([sess.get_outputs()[0].name], {inp.name: x})
             probs = _probabilities(np.asarray(logits, dtype=np.float64).reshape(len(x), -1))[:len(ok)]
-            if labels is None:
-                labels, _ = resolve_labels(probs.shape[1], sess.get_modelmeta().custom_metadata_map, labels_file)
+            if labels is None or len(labels) != probs.shape[1]:
+                labels, _ = resolve_labels(probs.shape[1], meta, labels_file)
             for p, row in zip(ok, probs):
                 top = np.argsort(-row, kind="stable")[:top_k]
                 results.append({"image": str(p), "top": [
@@ -98,6 +103,14 @@ def _image_input(sess):
     if inp.shape is None or len(inp.shape) != 4:
         raise InputError(f"rzrt run needs a 4-D image input (N, 3, H, W); input {inp.name!r} has shape {inp.shape}")
     return inp
+
+
+def _class_count(shape):
+    """Classes per image from the output's declared shape (N, C, ...), or None when not all known."""
+    dims = list(shape or [])[1:]
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        return None
+    return int(np.prod(dims))
 
 
 def _np_dtype(type_str: str):

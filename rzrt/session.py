@@ -121,7 +121,7 @@ class InferenceSession:
 
     # --- checks ----------------------------------------------------------------------
     def _check_output_names(self, output_names) -> list:
-        if output_names is None:
+        if not output_names:          # None or [] : every output, as onnxruntime does
             return self.graph.output_names
         if isinstance(output_names, str):
             output_names = [output_names]
@@ -142,7 +142,7 @@ class InferenceSession:
                              f"{', '.join(_describe(v) for v in self.graph.inputs)}")
         missing = [k for k in expected if k not in feed]
         if missing:
-            raise InputError(f"missing input {missing[0]!r} ({_describe(expected[missing[0]])}); "
+            raise InputError(f"missing input {_describe(expected[missing[0]])}; "
                              f"got {', '.join(map(repr, feed)) or 'no inputs'}")
         return {name: _check_array(expected[name], a) for name, a in feed.items()}
 
@@ -263,14 +263,14 @@ def _describe(v: Value) -> str:
 
 
 def _node_arg(v: Value) -> NodeArg:
-    return NodeArg(v.name, list(v.shape) if v.shape is not None else None, v.type_str)
+    return NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.type_str)
 
 
 def bind_kernels(graph: Graph) -> list:
     """A Step per node, in topological order; every missing kernel reported at once, at load."""
     steps, missing, problems = [], {}, []
     for node in graph.toposort():
-        opset = graph.opsets.get(node.domain)
+        opset = graph.opsets.get(node.domain, 1 if node.domain else None)   # an unimported custom domain: version 1
         k = registry.lookup(node.op_type, node.domain, opset)
         if k is None:
             missing.setdefault((node.domain, node.op_type, opset), []).append(node.name)

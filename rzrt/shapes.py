@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from rzrt.graph import _attr_for_proto, dtype_of
+from rzrt.graph import _attribute_proto, dtype_of
 
 SMALL = 1 << 16            # values computed at shape time are kept when at most this many elements
 NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -79,8 +79,12 @@ def _onnx_infer(step, ins, known, opsets) -> list:
         schema = onnx.defs.get_schema(node.op_type, opsets.get(node.domain, 1), node.domain)
     except Exception:
         return [None] * n_out
-    attrs = {a: _attr_for_proto(v) for a, v in node.attrs.items() if v is not None}
-    proto = helper.make_node(node.op_type, list(step.inputs), list(step.outputs), domain=node.domain or None, **attrs)
+    try:
+        proto = helper.make_node(node.op_type, list(step.inputs), list(step.outputs), domain=node.domain or None)
+        proto.attribute.extend(_attribute_proto(node, a, v, opsets.get(node.domain))
+                               for a, v in node.attrs.items() if v is not None)
+    except Exception:
+        return [None] * n_out
     types, data = {}, {}
     for name, i in zip(step.inputs, ins):
         if name and i is not None:
