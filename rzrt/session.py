@@ -40,10 +40,12 @@ class InferenceSession:
 
     level        graph optimisation: 0 off, 1 basic (standard ONNX rewrites), 2 all (fused rzrt ops)
     memory_plan  place every intermediate value in one preallocated arena (plans cached per input shape)
+    profile      time every node of every run; session.profile() returns the records
+    threads      threads for BLAS (None: numpy's default, all cores)
     """
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, *, level: int = 2,
-                 memory_plan: bool = True):
+                 memory_plan: bool = True, profile: bool = False, threads: int | None = None):
         del sess_options, providers   # accepted for onnxruntime compatibility; rzrt has one CPU provider
         from rzrt.passes.pipeline import optimize
 
@@ -57,6 +59,10 @@ class InferenceSession:
         last_uses(self._steps, keep=self.graph.output_names)
         self.memory_plan_enabled = memory_plan
         self._runs = {}               # input signature -> Executor with its arena
+        self.profiling = profile
+        self._records = {"nodes": [], "runs": []}
+        self.threads = threads
+        self._limit = _thread_limiter(threads)
 
     # --- onnxruntime's API -----------------------------------------------------------
     def get_inputs(self) -> list:
@@ -73,16 +79,35 @@ class InferenceSession:
         del run_options
         feeds = self._check_feed(input_feed)
         names = self._check_output_names(output_names)
-        results = self._executor_for(feeds).run(feeds)
+        ex = self._executor_for(feeds)
+        with self._limit():
+            results = ex.run(feeds)
         return [results[n] for n in names]
+
+    def profile(self) -> dict:
+        """The profiling records so far: {"nodes": [...], "runs": [...]} (profile=True sessions)."""
+        if not self.profiling:
+            raise InputError("this session was created without profiling; use InferenceSession(..., profile=True)")
+        return {"nodes": list(self._records["nodes"]), "runs": list(self._records["runs"])}
+
+    def clear_profile(self) -> None:
+        self._records["nodes"].clear()
+        self._records["runs"].clear()
 
     def memory_plan(self, input_shapes: dict | None = None) -> MemoryPlan:
         """The plan for these input shapes ({name: shape}; default: the last run's, else dims of 1)."""
+        return self._planned(input_shapes).plan
+
+    def value_shapes(self, input_shapes: dict | None = None) -> dict:
+        """{value name: (shape, dtype) or None} for these input shapes, as the plan sees them."""
+        return dict(self._planned(input_shapes).shapes)
+
+    def _planned(self, input_shapes):
         if input_shapes is None and self._runs:
-            return next(reversed(self._runs.values())).plan
+            return next(reversed(self._runs.values()))
         feeds = {v.name: np.empty(tuple((input_shapes or {}).get(v.name) or _default_shape(v)), v.dtype)
                  for v in self.graph.inputs}
-        return self._executor_for(feeds).plan
+        return self._executor_for(feeds)
 
     # --- planning --------------------------------------------------------------------
     def _executor_for(self, feeds: dict) -> Executor:
@@ -113,11 +138,13 @@ class InferenceSession:
                 off, n = mplan.offsets[key]
                 s.scratch = arena[off:off + n]
             steps.append(s)
-        ex = self.executor_class(steps, g.initializers, g.output_names, arena)
+        if self.profiling:
+            from rzrt.profiler import ProfilingExecutor
+            ex = ProfilingExecutor(steps, g.initializers, g.output_names, arena, sink=self._records)
+        else:
+            ex = Executor(steps, g.initializers, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes
         return ex
-
-    executor_class = Executor
 
     # --- checks ----------------------------------------------------------------------
     def _check_output_names(self, output_names) -> list:
@@ -145,6 +172,18 @@ class InferenceSession:
             raise InputError(f"missing input {_describe(expected[missing[0]])}; "
                              f"got {', '.join(map(repr, feed)) or 'no inputs'}")
         return {name: _check_array(expected[name], a) for name, a in feed.items()}
+
+
+def _thread_limiter(threads):
+    """A context manager factory limiting BLAS to `threads` while a run lasts (no-op for None)."""
+    import contextlib
+    if threads is None:
+        return contextlib.nullcontext
+    if not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+    from threadpoolctl import ThreadpoolController
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=threads, user_api="blas")
 
 
 def scratch_name(step: Step) -> str:

@@ -1,0 +1,126 @@
+"""`rzrt bench MODEL`: latency and throughput per batch size, against onnxruntime, step by step."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from rzrt.cli.main import cli
+from rzrt.cli.options import example_feeds, mb, open_session, progress, session_options
+from rzrt.errors import InputError
+
+# The optimisation ladder, like the seed project's six versions: each step adds one thing.
+LADDER = [
+    ("graph as exported, no memory plan, 1 thread", dict(level=0, memory_plan=False, threads=1)),
+    ("+ graph passes (BN folding, fusions)", dict(level=2, memory_plan=False, threads=1)),
+    ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1)),
+    ("+ all threads", dict(level=2, memory_plan=True, threads=None)),
+]
+
+
+def _batches(text: str) -> list:
+    try:
+        out = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        out = []
+    if not out or any(b < 1 for b in out):
+        raise InputError(f"--batch expects positive integers separated by commas, e.g. 1,8; got {text!r}")
+    return out
+
+
+def _time(fn, feeds) -> float:
+    t = time.perf_counter()
+    fn(feeds)
+    return (time.perf_counter() - t) * 1e3
+
+
+def _stats(ms: list, batch: int) -> dict:
+    a = np.array(ms)
+    return {"mean": a.mean(), "p50": np.percentile(a, 50), "p90": np.percentile(a, 90),
+            "p99": np.percentile(a, 99), "ips": batch * 1e3 / a.mean()}
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--batch", "batch_text", default="1", show_default=True, help="batch sizes, e.g. 1,8")
+@click.option("--runs", default=20, show_default=True, type=click.IntRange(min=1), help="measured runs per batch size")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="runs before measuring")
+@click.option("--vs", "peer", type=click.Choice(["onnxruntime"]), help="also run a peer, interleaved, and print the ratio")
+@click.option("--ladder", is_flag=True, help="run the optimisation steps one by one and print each step's latency")
+@session_options
+def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
+    """Latency (mean, p50/p90/p99) and throughput of MODEL per batch size.
+
+    \b
+    rzrt bench resnet50.onnx --batch 1,8
+    rzrt bench resnet50.onnx --vs onnxruntime
+    rzrt bench resnet50.onnx --ladder
+    """
+    batches = _batches(batch_text)
+    if ladder:
+        return _ladder(model, batches[0], runs, warmup)
+    sess = open_session(model, level=level, threads=threads)
+    ort = _peer_session(model, threads) if peer else None
+    click.echo(f"{Path(model).name}: level {level}, threads {threads or 'all'}, {runs} runs after {warmup} warm-up")
+    head = f"{'batch':>5}{'mean ms':>10}{'p50':>9}{'p90':>9}{'p99':>9}{'images/s':>10}{'arena':>10}"
+    if ort:
+        head += f"{'ort ms':>10}{'rzrt/ort':>10}"
+    click.echo(head)
+    for b in batches:
+        feeds = example_feeds(sess, batch=b)
+
+        def ours(f):
+            return sess.run(None, f)
+
+        def theirs(f):
+            return ort.run(None, f)
+        mine, peer_ms = [], []
+        with progress(range(warmup + runs), f"batch {b}") as bar:
+            for i in bar:
+                t = _time(ours, feeds)
+                if i >= warmup:
+                    mine.append(t)
+                if ort:
+                    t = _time(theirs, feeds)
+                    if i >= warmup:
+                        peer_ms.append(t)
+        s = _stats(mine, b)
+        line = (f"{b:>5}{s['mean']:>10.2f}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['ips']:>10.1f}"
+                f"{mb(sess.memory_plan().arena_bytes):>10}")
+        if ort:
+            o = _stats(peer_ms, b)
+            line += f"{o['p50']:>10.2f}{s['p50'] / o['p50']:>10.2f}"
+        click.echo(line)
+
+
+def _peer_session(model, threads):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise InputError("--vs onnxruntime needs onnxruntime installed: pip install onnxruntime") from None
+    opts = onnxruntime.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def _ladder(model, batch, runs, warmup):
+    click.echo(f"{Path(model).name}: optimisation ladder at batch {batch}, median of {runs} runs after {warmup} warm-up")
+    click.echo(f"{'step':<50}{'p50 ms':>10}{'step gain':>11}{'total gain':>12}")
+    first = prev = None
+    for label, kw in LADDER:
+        sess = open_session(model, **kw)
+        feeds = example_feeds(sess, batch=batch)
+        ms = []
+        with progress(range(warmup + runs), label[:20]) as bar:
+            for i in bar:
+                t = _time(lambda f: sess.run(None, f), feeds)
+                if i >= warmup:
+                    ms.append(t)
+        p50 = float(np.percentile(ms, 50))
+        first = first or p50
+        gain = f"{prev / p50:.2f}x" if prev else ""
+        click.echo(f"{label:<50}{p50:>10.2f}{gain:>11}{first / p50:>11.2f}x")
+        prev = p50
