@@ -21,6 +21,10 @@ class Group(click.Group):
             raise click.ClickException(str(e).replace("\n", " ")) from None
         except KeyboardInterrupt:
             raise click.Abort() from None
+        except BrokenPipeError:            # `rzrt profile ... | head`: the reader left; stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
         except Exception as e:
             if os.environ.get("RZRT_DEBUG"):
                 raise

@@ -13,12 +13,21 @@ from rzrt.errors import InputError
 def session_options(fn=None, *, level: int = 2):
     """Options every model-running command takes (`@session_options` or `@session_options(level=0)`)."""
     def deco(fn):
+        fn = click.option("--plugin", "plugins", multiple=True, expose_value=False, callback=_load_plugins,
+                          is_eager=True, metavar="FILE.py|MODULE",
+                          help="load custom kernels (@rzrt.register_op) before the model; repeatable")(fn)
         fn = click.option("--threads", type=click.IntRange(min=1), default=None,
                           help="BLAS threads  [default: all cores]")(fn)
         fn = click.option("--level", "-O", type=click.IntRange(0, 2), default=level, show_default=True,
                           help="graph optimisation: 0 off, 1 standard ONNX rewrites, 2 + rzrt fusions")(fn)
         return fn
     return deco(fn) if fn is not None else deco
+
+
+def _load_plugins(ctx, param, values):
+    from rzrt.plugins import load_plugin
+    for v in values:
+        load_plugin(v)
 
 
 def open_session(model: str, **kw):

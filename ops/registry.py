@@ -12,6 +12,7 @@ Selection follows onnx: the highest `since` not above the model's opset for that
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -87,17 +88,43 @@ def _describe(fn: Callable) -> dict:
                 min_inputs=lo, max_inputs=hi)
 
 
+def make_kernel(fn: Callable, op_type: str, domain: str = "", since: int = 1, *, shape=None,
+                inplace=(), view: bool = False, scratch=None) -> Kernel:
+    if not callable(fn):
+        raise RzrtError(f"a kernel for {op_type} must be a function, got {type(fn).__name__}")
+    inplace = (inplace,) if isinstance(inplace, int) else tuple(inplace or ())
+    return Kernel(op_type, normalize_domain(domain), int(since), fn, shape, inplace, view, scratch, **_describe(fn))
+
+
+def add(k: Kernel, table: dict, override: bool = False) -> None:
+    """Put kernel k into a registry table.
+
+    Without override it is an error if the op already has a kernel for the same opset, or any
+    kernel from another module (one module may register several versions of its op).
+    With override, k replaces every version from k.since on, so it is the one chosen.
+    """
+    versions = table.setdefault((k.domain, k.op_type), {})
+    clash = versions.get(k.since) or next((v for v in versions.values() if v.fn.__module__ != k.fn.__module__), None)
+    if clash is not None and _same_source(clash.fn, k.fn):
+        clash = None      # the same function loaded again (a plugin re-imported): replace it quietly
+    if clash is not None and not override:
+        raise RzrtError(f"op {k.domain + '.' if k.domain else ''}{k.op_type} already has a kernel "
+                        f"({clash.fn.__module__}.{clash.fn.__qualname__}, opsets {', '.join(map(str, sorted(versions)))});"
+                        f" pass override=True to replace it")
+    if override:
+        for s in [s for s in versions if s >= k.since]:
+            del versions[s]
+    versions[k.since] = k
+
+
+def _same_source(a, b) -> bool:
+    return (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__) and not a.__module__.startswith("rzrt.ops")
+
+
 def register(fn: Callable, op_type: str, domain: str = "", since: int = 1, *, shape=None,
              inplace=(), view: bool = False, scratch=None, override: bool = False) -> Kernel:
-    domain = normalize_domain(domain)
-    versions = _REGISTRY.setdefault((domain, op_type), {})
-    if since in versions and not override:
-        raise RzrtError(f"kernel {domain + '.' if domain else ''}{op_type} (since opset {since}) is "
-                        f"already registered by {versions[since].fn.__module__}.{versions[since].fn.__qualname__}; "
-                        f"pass override=True to replace it")
-    inplace = (inplace,) if isinstance(inplace, int) else tuple(inplace or ())
-    k = Kernel(op_type, domain, since, fn, shape, inplace, view, scratch, **_describe(fn))
-    versions[since] = k
+    k = make_kernel(fn, op_type, domain, since, shape=shape, inplace=inplace, view=view, scratch=scratch)
+    add(k, _REGISTRY, override)
     return k
 
 
@@ -126,11 +153,30 @@ def unregister(op_type: str, domain: str = "", since: int | None = None) -> None
         _REGISTRY.get(key, {}).pop(since, None)
 
 
+# Kernels given to one session (InferenceSession(custom_ops=...)): consulted before the global
+# table while that session loads and runs, so an override stays inside the session.
+_SESSION: contextvars.ContextVar = contextvars.ContextVar("rzrt_session_kernels", default=None)
+
+
+@contextlib.contextmanager
+def session_kernels(table: dict | None):
+    token = _SESSION.set(table)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+
+
 def lookup(op_type: str, domain: str, opset: int | None) -> Kernel | None:
     """The kernel with the highest `since` not above `opset` (None: the newest), or None."""
-    versions = _REGISTRY.get((normalize_domain(domain), op_type), {})
-    ok = [s for s in versions if opset is None or s <= opset]
-    return versions[max(ok)] if ok else None
+    key = (normalize_domain(domain), op_type)
+    local = _SESSION.get()
+    for table in ((local or {}), _REGISTRY):
+        versions = table.get(key, {})
+        ok = [s for s in versions if opset is None or s <= opset]
+        if ok:
+            return versions[max(ok)]
+    return None
 
 
 def all_kernels() -> list[Kernel]:

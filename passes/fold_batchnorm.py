@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from rzrt.ops.norm import batchnorm_affine
+from rzrt.passes.fusion import is_builtin
 
 
 def fold_batchnorm(graph) -> bool:
@@ -33,7 +34,7 @@ def fold_batchnorm(graph) -> bool:
         src = producers.get(y)
         if src is None or src.domain or src.op_type not in ("Conv", "Gemm"):
             continue
-        if y in outputs or len(users[y]) != 1:
+        if y in outputs or len(users[y]) != 1 or not is_builtin(graph, bn) or not is_builtin(graph, src):
             continue
         params = [inits.get(n) for n in bn.inputs[1:5]]
         w = inits.get(src.inputs[1]) if len(src.inputs) > 1 else None

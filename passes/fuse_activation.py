@@ -3,13 +3,14 @@
 Before:  y = Conv(x, W, b);  z = Relu(y)
 After:   z = rzrt.FusedConv(x, W, b; activation="Relu")     (applied in place on the output)
 Conditions: y is read only by the activation and is not a graph output; the activation is one
-of Relu, LeakyRelu, Clip (constant bounds), Sigmoid, HardSigmoid, HardSwish, Tanh.
+of Relu, LeakyRelu, Clip (constant bounds), Sigmoid, HardSigmoid, HardSwish, Tanh, and its
+kernel is rzrt's own (not a user's override).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from rzrt.passes.fusion import FUSED, as_fused, fusable
+from rzrt.passes.fusion import FUSED, as_fused, fusable, is_builtin
 
 FLT_MAX = float(np.finfo(np.float32).max)
 
@@ -51,7 +52,7 @@ def fuse_activation(graph) -> bool:
         if src is None or not fusable(src) or y in outputs or len(users[y]) != 1:
             continue
         params = _params(graph, act)
-        if params is None:
+        if params is None or not is_builtin(graph, act) or not is_builtin(graph, src):
             continue
         as_fused(graph, src, FUSED.get(src.op_type, src.op_type))
         src.attrs["activation"] = act.op_type

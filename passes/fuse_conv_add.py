@@ -9,7 +9,7 @@ activation yet (the Add comes before any activation).
 """
 from __future__ import annotations
 
-from rzrt.passes.fusion import as_fused
+from rzrt.passes.fusion import as_fused, is_builtin
 
 
 def fuse_conv_add(graph) -> bool:
@@ -27,7 +27,7 @@ def fuse_conv_add(graph) -> bool:
             plain = conv.op_type == "Conv" and not conv.domain
             fused = conv.op_type == "FusedConv" and conv.domain == "rzrt" and len(conv.inputs) < 4 \
                 and not conv.attrs.get("activation")
-            if not (plain or fused):
+            if not (plain or fused) or not is_builtin(graph, conv) or not is_builtin(graph, add):
                 continue
             as_fused(graph, conv, "FusedConv")
             conv.inputs = conv.inputs[:3] + [""] * (3 - len(conv.inputs)) + [other]

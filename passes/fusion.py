@@ -25,3 +25,11 @@ def fusable(node) -> bool:
     if not node.domain:
         return node.op_type in FUSED
     return node.domain == DOMAIN and node.op_type in FUSED.values() and not node.attrs.get("activation")
+
+
+def is_builtin(graph, node) -> bool:
+    """Whether rzrt's own kernel would run this node: a pass rewrites only what it understands,
+    never a node a user has overridden with a kernel of their own."""
+    from rzrt.ops import registry
+    k = registry.lookup(node.op_type, node.domain, graph.opsets.get(node.domain))
+    return k is not None and k.fn.__module__.startswith("rzrt.ops.")

@@ -91,7 +91,7 @@ class Executor:
 
     def call_kernel(self, step: Step, args: list):
         kwargs = step.kwargs
-        if step.out_spec is not None:
+        if step.out_spec is not None and step.kernel.takes_out:
             out = step.out if step.out is not None else np.empty(*step.out_spec)
             kwargs = dict(kwargs, out=out)
         if step.scratch is not None:
@@ -113,7 +113,13 @@ def outputs_of(step: Step, result, args) -> list:
         raise KernelError(f"{describe(step, args)} returned {len(results)} output(s); "
                           f"the node expects {wanted}")
     results = [r if isinstance(r, np.ndarray) else np.asarray(r) for r in results[:wanted]]
-    if step.out_spec is not None and results[0].shape != tuple(step.out_spec[0]):
-        raise KernelError(f"{describe(step, args)} returned shape {list(results[0].shape)}, but its shape rule "
-                          f"said {list(step.out_spec[0])}; fix the kernel or its shape= rule")
+    if step.out_spec is not None:
+        shape, dtype = step.out_spec
+        got = results[0]
+        if got.shape != tuple(shape) or got.dtype != dtype:
+            raise KernelError(f"{describe(step, args)} returned {got.dtype}{list(got.shape)}, but the shape rule "
+                              f"said {np.dtype(dtype)}{list(shape)}; fix the kernel or its shape= rule")
+        if step.out is not None and got is not step.out:
+            np.copyto(step.out, got)      # a kernel without out=: its result moves into the planned buffer
+            results[0] = step.out
     return results

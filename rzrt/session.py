@@ -42,11 +42,25 @@ class InferenceSession:
     memory_plan  place every intermediate value in one preallocated arena (plans cached per input shape)
     profile      time every node of every run; session.profile() returns the records
     threads      threads for BLAS (None: numpy's default, all cores)
+    custom_ops   kernels for this session only (functions decorated with @rzrt.custom_op or
+                 @rzrt.register_op); they win over the global registry here and nowhere else
     """
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, *, level: int = 2,
-                 memory_plan: bool = True, profile: bool = False, threads: int | None = None):
+                 memory_plan: bool = True, profile: bool = False, threads: int | None = None,
+                 custom_ops=None):
         del sess_options, providers   # accepted for onnxruntime compatibility; rzrt has one CPU provider
+        self._custom = _session_table(custom_ops)
+        with registry.session_kernels(self._custom):
+            self._load(path_or_bytes, level)
+        self.memory_plan_enabled = memory_plan
+        self._runs = {}               # input signature -> Executor with its arena
+        self.profiling = profile
+        self._records = {"nodes": [], "runs": []}
+        self.threads = threads
+        self._limit = _thread_limiter(threads)
+
+    def _load(self, path_or_bytes, level):
         from rzrt.passes.pipeline import optimize
 
         model = load_model(path_or_bytes)
@@ -57,12 +71,6 @@ class InferenceSession:
         self.level = level
         self._steps = bind_kernels(self.graph)
         last_uses(self._steps, keep=self.graph.output_names)
-        self.memory_plan_enabled = memory_plan
-        self._runs = {}               # input signature -> Executor with its arena
-        self.profiling = profile
-        self._records = {"nodes": [], "runs": []}
-        self.threads = threads
-        self._limit = _thread_limiter(threads)
 
     # --- onnxruntime's API -----------------------------------------------------------
     def get_inputs(self) -> list:
@@ -114,7 +122,8 @@ class InferenceSession:
         sig = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
         ex = self._runs.get(sig)
         if ex is None:
-            ex = self._runs[sig] = self._build_executor({n: (a.shape, a.dtype) for n, a in feeds.items()})
+            with registry.session_kernels(self._custom):
+                ex = self._runs[sig] = self._build_executor({n: (a.shape, a.dtype) for n, a in feeds.items()})
         return ex
 
     def _build_executor(self, feed_info: dict) -> Executor:
@@ -174,6 +183,26 @@ class InferenceSession:
         return {name: _check_array(expected[name], a) for name, a in feed.items()}
 
 
+def _session_table(custom_ops) -> dict | None:
+    """The session's own kernel table from custom_ops=[fn, ...]."""
+    if not custom_ops:
+        return None
+    table = {}
+    for fn in custom_ops:
+        k = getattr(fn, "rzrt_kernel", None)
+        if k is None:
+            raise InputError(f"custom_ops takes functions decorated with @rzrt.custom_op(...) or "
+                             f"@rzrt.register_op(...); got {getattr(fn, '__name__', type(fn).__name__)!r} without one")
+        override = getattr(fn, "rzrt_override", False)
+        existing = registry.lookup(k.op_type, k.domain, None)
+        if existing is not None and existing.fn is not fn and not override:
+            raise InputError(f"custom op {k.domain + '.' if k.domain else ''}{k.op_type} already has a kernel "
+                             f"({existing.fn.__module__}.{existing.fn.__qualname__}); use override=True to replace "
+                             f"it in this session")
+        registry.add(k, table, override=True)
+    return table
+
+
 def _thread_limiter(threads):
     """A context manager factory limiting BLAS to `threads` while a run lasts (no-op for None)."""
     import contextlib
@@ -225,7 +254,8 @@ def memory_requests(steps, shapes: dict, graph: Graph):
             if not name:
                 continue
             info = shapes.get(name)
-            single = k.takes_out and len(s.outputs) == 1 and info is not None
+            # planned: the kernel writes into out=, or returns an array the executor copies into it
+            single = (k.takes_out or k.shape is not None) and len(s.outputs) == 1 and info is not None
             if name in keep:
                 if single:
                     specs[name] = info
@@ -338,14 +368,15 @@ def bind_kernels(graph: Graph) -> list:
 
 
 def missing_ops_message(missing: dict) -> str:
-    parts = []
+    parts, fixes = [], []
     for (domain, op, opset), nodes in missing.items():
         newer = [k.since for k in registry.all_kernels() if k.domain == domain and k.op_type == op]
         why = f", rzrt has it from opset {min(newer)}" if newer else ""
         used = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
         parts.append(f"{domain + '.' if domain else ''}{op} (domain {domain or 'ai.onnx'!r}, opset {opset}{why}) "
                      f"used by node(s) {used}")
-    domain, op, _ = next(iter(missing))
-    fix = (f"@rzrt.register_op({op!r}{', domain=' + repr(domain) if domain else ''}) on a numpy function "
-           f"(see README, Custom operators), loaded with --plugin FILE.py")
-    return f"no kernel for {len(missing)} operator(s): {'; '.join(parts)}; to add one: {fix}"
+        fixes.append(f"@rzrt.register_op({op!r}{', domain=' + repr(domain) if domain else ''}) "
+                     f"def {op if op.isidentifier() else 'kernel'}(X, *, attr=default): return ...")
+    return (f"no kernel for {len(missing)} operator(s): {'; '.join(parts)}. To add them, put "
+            f"{' and '.join(fixes)} in a file and load it with --plugin FILE.py (or import it before the session; "
+            f"see README, Custom operators)")
