@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep
 
 from rzrt.session import InferenceSession
@@ -20,6 +21,8 @@ class RzrtRep(BackendRep):
             if isinstance(inputs, np.ndarray):
                 inputs = [inputs]
             feed = dict(zip(names, inputs))
+        # onnx's test cases give types numpy lacks (float8, int4, bfloat16) as TensorProto
+        feed = {k: numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for k, v in feed.items()}
         return tuple(self.session.run(None, feed))
 
 
