@@ -85,11 +85,13 @@ def export(name: str, out: str | os.PathLike, *, weights: str = "none", keep_bn:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if dynamo:
-        batch_dim = torch.export.Dim("batch", min=1, max=1024)
-        prog = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset or 18,
+        # torch.export specialises sizes 0 and 1, so trace with a batch of 2 and let it find the dynamic dim
+        x2 = torch.cat([x, x]) if batch == 1 else x
+        prog = torch.onnx.export(model, (x2,), dynamo=True, opset_version=opset or 18,
                                  input_names=["input"], output_names=["logits"],
-                                 dynamic_shapes={"x": {0: batch_dim}}, external_data=False)
+                                 dynamic_shapes=({0: torch.export.Dim.AUTO},), external_data=False)
         proto = prog.model_proto
+        _name_batch_dim(proto)
     else:
         import io
         import warnings
@@ -108,6 +110,18 @@ def export(name: str, out: str | os.PathLike, *, weights: str = "none", keep_bn:
     proto.doc_string = f"torchvision {name}, weights={weights}" + (", BN kept" if keep_bn else "")
     onnx.save(proto, str(out))
     return out
+
+
+def _name_batch_dim(proto) -> None:
+    """torch.export names the dynamic batch dim s77 or similar; call it "batch", as the legacy exporter does."""
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    old = dim.dim_param
+    if not old or old == "batch":
+        return
+    for vi in list(proto.graph.input) + list(proto.graph.output) + list(proto.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param == old:
+                d.dim_param = "batch"
 
 
 def _num_classes(model) -> int | None:

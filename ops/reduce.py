@@ -47,9 +47,14 @@ def _reduce(name, f, x, axes, keepdims, noop, out=None):
         return x if out is None else np.copyto(out, x) or out
     if out is not None and name in NATIVE_OUT and x.size:
         return NATIVE_OUT[name](x, axis=a, keepdims=bool(keepdims), out=out)
-    if x.size == 0 and name in ("ReduceMax", "ReduceMin"):
+    if x.size == 0 and name in ("ReduceMax", "ReduceMin", "ReduceLogSumExp"):
         shape = [1 if (a is None or i in a) else n for i, n in enumerate(x.shape)]
-        fill = -np.inf if name == "ReduceMax" else np.inf
+        if x.dtype == bool:
+            fill = name == "ReduceMin"        # the identity of or / and
+        elif x.dtype.kind in "iu":
+            fill = np.iinfo(x.dtype).min if name == "ReduceMax" else np.iinfo(x.dtype).max
+        else:
+            fill = np.inf if name == "ReduceMin" else -np.inf
         y = np.full(shape, fill, dtype=x.dtype)
         return y if keepdims else y.reshape([n for i, n in enumerate(x.shape) if not (a is None or i in a)])
     with np.errstate(divide="ignore"):

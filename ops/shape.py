@@ -120,17 +120,26 @@ def Transpose(data, *, perm=None, out=None):
 
 @kernel("Cast", since=6)
 def Cast(input, *, to, saturate=1, round_mode="up"):
-    dt = TENSOR_DTYPES[to]
-    if dt == np.dtype(object):
-        return np.vectorize(lambda v: str(v) if not isinstance(v, bytes) else v.decode())(input).astype(object)
-    if input.dtype == object:
-        return input.astype(np.float64).astype(dt)
-    return input.astype(dt)
+    """y = x converted to `to`; into float8, saturate=1 clamps out-of-range values to the largest finite."""
+    return cast_to(input, TENSOR_DTYPES[to], saturate)
 
 
 @kernel("CastLike", since=15)
 def CastLike(input, target_type, *, saturate=1, round_mode="up"):
-    return input.astype(target_type.dtype)
+    return cast_to(input, target_type.dtype, saturate)
+
+
+def cast_to(x, dt, saturate=1):
+    if dt == np.dtype(object):
+        return np.vectorize(lambda v: str(v) if not isinstance(v, bytes) else v.decode())(x).astype(object)
+    if x.dtype == object:
+        return x.astype(np.float64).astype(dt)
+    if saturate and dt.name.startswith("float8_e") and "m0" not in dt.name:
+        import ml_dtypes
+        lim = float(ml_dtypes.finfo(dt).max)
+        xf = x.astype(np.float32)
+        return np.clip(xf, -lim, lim).astype(dt)      # infinities too: onnx's cases saturate them
+    return x.astype(dt)
 
 
 def _axes_param(axes, ndim):
@@ -342,10 +351,12 @@ def DepthToSpace(input, *, blocksize, mode="DCR"):
 
 
 @kernel("SpaceToDepth", since=13)
-def SpaceToDepth(input, *, blocksize):
+def SpaceToDepth(input, *, blocksize, mode="DCR"):
+    """Blocks of s x s pixels become channels: DCR orders them (row, col, channel), CRD (channel, row, col)."""
     b, c, h, w = input.shape
     s = blocksize
-    t = input.reshape(b, c, h // s, s, w // s, s).transpose(0, 3, 5, 1, 2, 4)
+    t = input.reshape(b, c, h // s, s, w // s, s)
+    t = t.transpose(0, 3, 5, 1, 2, 4) if mode == "DCR" else t.transpose(0, 1, 3, 5, 2, 4)
     return t.reshape(b, c * s * s, h // s, w // s)
 
 

@@ -37,7 +37,10 @@ def fold_constants(graph) -> bool:
         except Exception as e:
             warnings.warn(f"fold_constants: kept node {n.name!r} ({n.op_type}): {type(e).__name__}: {e}")
             continue
-        res = [np.asarray(r) for r in (res if isinstance(res, (tuple, list)) else [res])]
+        res = list(res) if isinstance(res, tuple) else [res]
+        if any(not isinstance(r, (np.ndarray, np.generic)) for r in res):
+            continue          # sequences and optionals are not initializers
+        res = [np.asarray(r) for r in res]
         size_in = sum(a.size for a in args if a is not None)
         if any(r.size > MAX_ELEMENTS and r.size > size_in for r in res):
             continue

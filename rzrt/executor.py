@@ -76,7 +76,7 @@ class Executor:
 
     def _owned(self, value: np.ndarray) -> np.ndarray:
         """Outputs never point into the arena: the next run would overwrite them."""
-        if self.arena is not None and np.may_share_memory(value, self.arena):
+        if self.arena is not None and isinstance(value, np.ndarray) and np.may_share_memory(value, self.arena):
             return value.copy()
         return value
 
@@ -106,13 +106,14 @@ def describe(step: Step, args: list) -> str:
 
 def outputs_of(step: Step, result, args) -> list:
     """Normalise a kernel's return value to one array per node output."""
-    results = list(result) if isinstance(result, (tuple, list)) else [result]
+    results = list(result) if isinstance(result, tuple) else [result]   # a tuple: several outputs; a list: one sequence
     wanted = len(step.outputs)
     needed = max((i + 1 for i, n in enumerate(step.outputs) if n), default=0)
     if len(results) < needed:
         raise KernelError(f"{describe(step, args)} returned {len(results)} output(s); "
                           f"the node expects {wanted}")
-    results = [r if isinstance(r, np.ndarray) else np.asarray(r) for r in results[:wanted]]
+    # a list is a sequence value and None an empty optional: both pass through as they are
+    results = [r if isinstance(r, (np.ndarray, list)) or r is None else np.asarray(r) for r in results[:wanted]]
     if step.out_spec is not None:
         shape, dtype = step.out_spec
         got = results[0]

@@ -27,6 +27,7 @@ class Value:
     name: str
     shape: tuple | None = None     # None: unknown rank; a dim is an int, a symbolic name (str) or None
     dtype: np.dtype | None = None
+    kind: str = "tensor"           # "tensor", or "sequence" / "optional" (passed through as Python values)
 
     @property
     def type_str(self) -> str:
@@ -271,6 +272,9 @@ def dtype_of(elem_type: int) -> np.dtype | None:
 
 
 def value_from_proto(vi: onnx.ValueInfoProto) -> Value:
+    which = vi.type.WhichOneof("value")
+    if which in ("sequence_type", "optional_type", "map_type"):
+        return Value(vi.name, None, None, kind=which[:-len("_type")])
     t = vi.type.tensor_type
     shape = None
     if t.HasField("shape"):

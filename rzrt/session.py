@@ -119,11 +119,12 @@ class InferenceSession:
 
     # --- planning --------------------------------------------------------------------
     def _executor_for(self, feeds: dict) -> Executor:
-        sig = tuple((n, a.shape, a.dtype.str) for n, a in feeds.items())
+        arrays = {n: a for n, a in feeds.items() if isinstance(a, np.ndarray)}   # not sequences / optionals
+        sig = tuple((n, a.shape, a.dtype.str) for n, a in arrays.items())
         ex = self._runs.get(sig)
         if ex is None:
             with registry.session_kernels(self._custom):
-                ex = self._runs[sig] = self._build_executor({n: (a.shape, a.dtype) for n, a in feeds.items()})
+                ex = self._runs[sig] = self._build_executor({n: (a.shape, a.dtype) for n, a in arrays.items()})
         return ex
 
     def _build_executor(self, feed_info: dict) -> Executor:
@@ -303,6 +304,8 @@ def _default_shape(v: Value) -> tuple:
 
 
 def _check_array(v: Value, a) -> np.ndarray:
+    if v.kind != "tensor":            # sequences and optionals are Python lists / None
+        return a
     if not isinstance(a, np.ndarray):
         try:
             a = np.asarray(a, dtype=v.dtype)

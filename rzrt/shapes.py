@@ -50,7 +50,9 @@ def _infer_step(step, info, known, opsets) -> list:
                 args[0] = np.empty(ins[0][0], dtype=ins[0][1])   # a stand-in with the right shape
             if sum(int(np.prod(a.shape)) for a in args if a is not None) <= SMALL * 16:
                 res = k.fn(*args, **step.kwargs)
-                res = list(res) if isinstance(res, (tuple, list)) else [res]
+                res = list(res) if isinstance(res, tuple) else [res]
+                if any(isinstance(r, list) or r is None for r in res):
+                    return [None] * n_out          # sequences / optionals: no static shape
                 res = [np.asarray(r) for r in res]
                 for name, r in zip(step.outputs, res):
                     if name and r.size <= SMALL:

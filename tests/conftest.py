@@ -24,10 +24,13 @@ FLAVOURS = {
 }
 
 
+EXPORT_VERSION = 2   # bump when models/export.py changes what it writes
+
+
 def cache_dir() -> Path:
     import torch
     base = Path(os.environ.get("RZRT_TEST_CACHE", Path.home() / ".cache" / "rzrt-tests"))
-    d = base / f"torch-{torch.__version__.split('+')[0]}"
+    d = base / f"torch-{torch.__version__.split('+')[0]}-export{EXPORT_VERSION}"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
