@@ -239,7 +239,10 @@ def Tile(input, repeats):
 
 @kernel("Range", since=11)
 def Range(start, limit, delta):
-    return np.arange(start, limit, delta, dtype=start.dtype)
+    """start + i * delta for i in 0 .. max(ceil((limit - start) / delta), 0) - 1"""
+    s, lim, d = (np.asarray(v).reshape(-1)[0] for v in (start, limit, delta))
+    n = max(int(np.ceil((float(lim) - float(s)) / float(d))), 0)
+    return (s + np.arange(n, dtype=np.float64 if start.dtype.kind == "f" else np.int64) * d).astype(start.dtype)
 
 
 @kernel("ConstantOfShape", since=9)

@@ -51,6 +51,8 @@ def eliminate_identity(graph) -> bool:
         if not n.inputs or not n.outputs or not _passes_through(graph, n):
             continue
         x, y = n.inputs[0], n.outputs[0]
+        if any(y in m.implicit or x in m.implicit for m in graph.nodes):
+            continue          # a subgraph reads it by name: renaming would break the subgraph
         if y in outputs:
             producers, users = graph.producers(), graph.consumers()
             src = producers.get(x)

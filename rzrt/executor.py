@@ -29,6 +29,7 @@ class Step:
     out: object = None           # the output's planned buffer (a view into the arena)
     out_spec: tuple | None = None   # (shape, dtype) the plan expects; with out=None, allocated per run
     scratch: object = None       # the planned scratch buffer
+    unplanned: tuple = ()        # indices of outputs the plan does not track: they must not point into the arena
 
     @property
     def fn(self):
@@ -87,7 +88,13 @@ class Executor:
             raise
         except Exception as e:
             raise KernelError(f"{describe(step, args)} failed: {type(e).__name__}: {e}") from e
-        return outputs_of(step, result, args)
+        outs = outputs_of(step, result, args)
+        for i in step.unplanned:
+            # a view of a planned input (np.split, a kernel returning its input) that the plan
+            # does not know about would be overwritten when the input's bytes are reused: copy it
+            if i < len(outs) and isinstance(outs[i], np.ndarray) and np.may_share_memory(outs[i], self.arena):
+                outs[i] = outs[i].copy()
+        return outs
 
     def call_kernel(self, step: Step, args: list):
         kwargs = step.kwargs

@@ -42,6 +42,7 @@ class Node:
     outputs: list = field(default_factory=list)
     attrs: dict = field(default_factory=dict)
     name: str = ""
+    implicit: list = field(default_factory=list)   # outer values its subgraphs read (appended to inputs)
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.qualified_op}, {self.inputs} -> {self.outputs})"
@@ -68,7 +69,17 @@ class Graph:
     # --- building -----------------------------------------------------------------
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto) -> Graph:
-        g = model.graph
+        opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+        graph = cls.from_graph_proto(model.graph, opsets)
+        graph.metadata = {p.key: p.value for p in model.metadata_props}
+        graph.ir_version = model.ir_version
+        graph.producer = f"{model.producer_name} {model.producer_version}".strip()
+        graph.doc = model.doc_string
+        return graph
+
+    @classmethod
+    def from_graph_proto(cls, g: onnx.GraphProto, opsets: dict) -> Graph:
+        """A Graph from a GraphProto: the model's main graph, or a subgraph (If/Loop/Scan body)."""
         inits = {}
         for t in g.initializer:
             inits[t.name] = tensor_to_array(t, f"initializer {t.name!r}")
@@ -78,8 +89,13 @@ class Graph:
         for i, n in enumerate(g.node):
             name = n.name or f"{n.op_type}_{i}"
             attrs = {a.name: attribute_value(a, f"node {name!r}") for a in n.attribute}
+            implicit = []
+            for a, v in attrs.items():
+                if isinstance(v, onnx.GraphProto):
+                    attrs[a] = Body(v, opsets)
+                    implicit += [x for x in outer_names(v) if x not in implicit]
             nodes.append(Node(n.op_type, "" if n.domain == "ai.onnx" else n.domain,
-                              list(n.input), list(n.output), attrs, name))
+                              list(n.input) + implicit, list(n.output), attrs, name, implicit))
         _unique_node_names(nodes)
         value_info = {vi.name: value_from_proto(vi) for vi in list(g.value_info) + list(g.output)}
         return cls(
@@ -87,19 +103,16 @@ class Graph:
             initializers=inits,
             inputs=[value_from_proto(vi) for vi in g.input if vi.name not in inits],
             outputs=[value_from_proto(vi) for vi in g.output],
-            opsets={("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import},
+            opsets=dict(opsets),
             value_info=value_info,
-            metadata={p.key: p.value for p in model.metadata_props},
             name=g.name or "graph",
-            ir_version=model.ir_version,
-            producer=f"{model.producer_name} {model.producer_version}".strip(),
-            doc=model.doc_string,
         )
 
     def to_onnx(self) -> onnx.ModelProto:
         nodes = []
         for n in self.toposort():
-            proto = helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain or None)
+            inputs = n.inputs[:len(n.inputs) - len(n.implicit)]
+            proto = helper.make_node(n.op_type, inputs, n.outputs, name=n.name, domain=n.domain or None)
             proto.attribute.extend(_attribute_proto(n, k, v, self.opsets.get(n.domain))
                                    for k, v in n.attrs.items() if v is not None)
             nodes.append(proto)
@@ -202,9 +215,10 @@ class Graph:
                              "an ONNX graph must be acyclic (no node may depend on its own output)")
         return order
 
-    def lint(self) -> None:
-        """Raise ModelError for what would break execution: duplicate outputs, dangling inputs, cycles."""
-        defined = {}
+    def lint(self, outer=()) -> None:
+        """Raise ModelError for what would break execution: duplicate outputs, dangling inputs, cycles.
+        `outer`: names a subgraph may read from the graphs around it."""
+        defined = {name: "an outer value" for name in outer}
         for v in self.inputs:
             defined[v.name] = "a graph input"
         for name in self.initializers:
@@ -241,6 +255,47 @@ def _on_cycles(stuck: list, produced_by: dict) -> list:
             return [n for n in stuck if id(n) in alive]
         for k in dead:
             del alive[k]
+
+
+class Body:
+    """A graph-valued attribute (the branches of If, the body of Loop and Scan): compiled once,
+    on first use, into steps with rzrt's kernels, and run like a small model."""
+
+    def __init__(self, proto: onnx.GraphProto, opsets: dict):
+        self.proto, self.opsets, self._run = proto, opsets, None
+
+    def __call__(self, inputs: list, outer: dict) -> list:
+        """Run with the formal inputs (by position) and the outer values it reads (by name)."""
+        if self._run is None:
+            from rzrt.executor import Executor, last_uses
+            from rzrt.session import bind_kernels
+            graph = Graph.from_graph_proto(self.proto, self.opsets)
+            graph.lint(outer=outer)
+            steps = bind_kernels(graph)
+            last_uses(steps, keep=graph.output_names)
+            self._names = [i.name for i in self.proto.input]
+            self._run = Executor(steps, graph.initializers, graph.output_names)
+        feeds = dict(outer)
+        feeds.update(zip(self._names, inputs))
+        out = self._run.run(feeds)
+        return [out[n] for n in self._run.output_names]
+
+    def __repr__(self) -> str:
+        return f"Body({self.proto.name!r}, {len(self.proto.node)} nodes)"
+
+
+def outer_names(g: onnx.GraphProto) -> list:
+    """The values a subgraph reads from outside itself (its nested subgraphs included), in order."""
+    defined = {i.name for i in g.input} | {t.name for t in g.initializer} | \
+        {s.values.name for s in g.sparse_initializer} | {o for n in g.node for o in n.output}
+    used = []
+    for n in g.node:
+        names = list(n.input)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+                names += outer_names(sub)
+        used += [x for x in names if x and x not in defined and x not in used]
+    return used
 
 
 def _unique_node_names(nodes) -> None:
@@ -330,6 +385,8 @@ def attribute_value(a: AttributeProto, where: str) -> Any:
 
 
 def _attr_for_proto(v):
+    if isinstance(v, Body):
+        return v.proto
     if isinstance(v, np.ndarray):
         return numpy_helper.from_array(v)
     if isinstance(v, (tuple, list)):

@@ -143,6 +143,8 @@ class InferenceSession:
                 s.out_spec = specs[name]
                 if name in mplan.offsets:
                     s.out = _view(arena, mplan.offsets[name][0], *specs[name])
+            if arena is not None:
+                s.unplanned = tuple(i for i, o in enumerate(s.outputs) if o and o not in mplan.offsets)
             key = scratch_name(s)
             if key in mplan.offsets:
                 off, n = mplan.offsets[key]
@@ -362,6 +364,8 @@ def bind_kernels(graph: Graph) -> list:
             continue
         if "_outputs" in k.context:
             kwargs["_outputs"] = len(node.outputs)
+        if "_outer" in k.context:
+            kwargs["_outer"] = tuple(node.implicit)
         steps.append(Step(node, k, kwargs, tuple(node.inputs), tuple(node.outputs)))
     if missing:
         raise UnsupportedOpError(missing_ops_message(missing))

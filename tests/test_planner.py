@@ -85,3 +85,26 @@ def test_random_lifetimes(seed):
     assert p.lower_bound_bytes <= p.arena_bytes <= sum(-(-r.nbytes // ALIGN) * ALIGN for r in reqs)
     assert p.lower_bound_bytes == lower_bound([Request(r.name, -(-r.nbytes // ALIGN) * ALIGN, r.start, r.end)
                                                for r in reqs])
+
+
+def test_views_the_plan_does_not_know_are_not_overwritten():
+    """np.split returns views of its input; when the input's bytes are reused, those views must
+    already be copies (found on torchvision's shufflenet_v2 exported by dynamo)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    import rzrt
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Split", ["a"], ["b", "c"], axis=1, num_outputs=2),
+             helper.make_node("Neg", ["b"], ["d"]),          # may take a's bytes: a died at Split
+             helper.make_node("Exp", ["d"], ["e"]),
+             helper.make_node("Add", ["e", "c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.random.default_rng(0).standard_normal((2, 8, 5)).astype(np.float32)
+    a = np.maximum(x, 0)
+    want = np.exp(-a[:, :4]) + a[:, 4:]
+    for memory_plan in (False, True):
+        got = rzrt.InferenceSession(m, memory_plan=memory_plan).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
