@@ -90,3 +90,18 @@ def SequenceMap(input_sequence, *additional_inputs, body, _outer=()):
         for k, y in enumerate(body(args, env)):
             outs[k].append(y)
     return tuple(outs)
+
+
+@kernel("Scan", since=8)
+def Scan_8(sequence_lens=None, *args, body, num_scan_inputs, directions=None, _outer=()):
+    """Opset 8: batched along axis 0 (the scan axis is 1); each batch entry is a Scan-9 over its slice."""
+    own, env = _split_outer(args, _outer)
+    m = num_scan_inputs
+    states, xs = own[:len(own) - m], own[len(own) - m:]
+    per_batch = []
+    for b in range(xs[0].shape[0]):
+        n = xs[0].shape[1] if sequence_lens is None else int(sequence_lens[b])
+        inputs = [s[b] for s in states] + [x[b, :n] for x in xs]
+        per_batch.append(Scan(*inputs, *env.values(), body=body, num_scan_inputs=m,
+                              scan_input_directions=directions, _outer=tuple(env)))
+    return tuple(np.stack([r[k] for r in per_batch]) for k in range(len(per_batch[0])))

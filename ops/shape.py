@@ -121,15 +121,36 @@ def Transpose(data, *, perm=None, out=None):
 @kernel("Cast", since=6)
 def Cast(input, *, to, saturate=1, round_mode="up"):
     """y = x converted to `to`; into float8, saturate=1 clamps out-of-range values to the largest finite."""
-    return cast_to(input, TENSOR_DTYPES[to], saturate)
+    return cast_to(input, TENSOR_DTYPES[to], saturate, round_mode)
 
 
 @kernel("CastLike", since=15)
 def CastLike(input, target_type, *, saturate=1, round_mode="up"):
-    return cast_to(input, target_type.dtype, saturate)
+    return cast_to(input, target_type.dtype, saturate, round_mode)
 
 
-def cast_to(x, dt, saturate=1):
+def to_e8m0(x, dt, saturate=1, round_mode="up"):
+    """float8 E8M0 is an exponent alone, 2^(e - 127): keep float32's exponent, rounded by its mantissa
+    (up: any fraction; nearest: guard bit and (rest or odd exponent); down: none); NaN/Inf -> 0xFF."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    e = ((bits >> 23) & 0xFF).astype(np.uint16)
+    mant = bits & 0x7FFFFF
+    special = e == 0xFF
+    if round_mode == "up":
+        inc = mant > 0
+    elif round_mode == "nearest":
+        inc = ((mant & 0x400000) > 0) & (((mant & 0x3FFFFF) > 0) | (e > 0))
+    else:
+        inc = np.zeros(e.shape, dtype=bool)
+    inc &= ~special
+    if saturate:
+        inc &= e != 0xFE
+    return np.where(special, 0xFF, e + inc).astype(np.uint8).view(dt)
+
+
+def cast_to(x, dt, saturate=1, round_mode="up"):
+    if dt.name == "float8_e8m0fnu":
+        return to_e8m0(x, dt, saturate, round_mode)
     if dt == np.dtype(object):
         return np.vectorize(lambda v: str(v) if not isinstance(v, bytes) else v.decode())(x).astype(object)
     if x.dtype == object:

@@ -29,9 +29,21 @@ def case_ops(case) -> set:
     return {(n.domain or "", n.op_type) for n in case.model.graph.node}
 
 
-def main_op(case) -> str:
-    """The operator a case tests: the op of its (first) node named after the case, else its first node."""
-    return case.model.graph.node[0].op_type if case.model.graph.node else "?"
+@functools.lru_cache(maxsize=1)
+def _op_names() -> list:
+    import onnx
+    return sorted({s.name for s in onnx.defs.get_all_schemas_with_history()}, key=len, reverse=True)
+
+
+def op_of_case(name: str, case) -> str:
+    """The op a case is about: the longest ONNX op name that the case name starts with
+    (test_averagepool_2d_pads -> AveragePool), else the case's first node's op."""
+    stem = name[len("test_"):].replace("_", "").lower()
+    for op in _op_names():
+        if stem.startswith(op.lower()):
+            return op
+    ops = [op for _, op in case_ops(case)]
+    return ops[0] if ops else "?"
 
 
 def run_case(case) -> tuple:

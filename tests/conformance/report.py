@@ -14,23 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.conformance.node_cases import all_cases, case_ops, run_case  # noqa: E402
-
-
-def _op_names() -> list:
-    import onnx
-    return sorted({s.name for s in onnx.defs.get_all_schemas_with_history()}, key=len, reverse=True)
-
-
-def op_of_case(name: str, case, registered: set) -> str:
-    """The op a case is about: the longest ONNX op name that the case name starts with
-    (test_averagepool_2d_pads -> AveragePool), else the case's first node's op."""
-    stem = name[len("test_"):].replace("_", "").lower()
-    for op in _op_names():
-        if stem.startswith(op.lower()):
-            return op
-    ops = [op for _, op in case_ops(case)]
-    return ops[0] if ops else "?"
+from tests.conformance.node_cases import all_cases, op_of_case, run_case  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,12 +23,10 @@ def main(argv=None) -> int:
     p.add_argument("--failing", action="store_true", help="list every failing case with its reason")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
-    from rzrt.ops.registry import all_kernels
-    registered = {k.op_type for k in all_kernels()}
     cases = all_cases()
     results, by_op = {}, collections.defaultdict(list)
     for name, case in cases.items():
-        op = op_of_case(name, case, registered)
+        op = op_of_case(name, case)
         if args.op and op not in args.op:
             continue
         ok, why = run_case(case)
