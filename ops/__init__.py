@@ -1,4 +1,24 @@
 """Hand-written numpy kernels, one module per family. Adding a family = one line here."""
-from rzrt.ops import activation, conv, elementwise, fused, gemm, norm, pool, reduce, shape  # noqa: F401 (registers)
-from rzrt.ops import attention, control, conv_transpose, extra, loss, quantize, resize, rnn, sequence, text  # noqa: F401
+from rzrt.ops import (  # noqa: F401  (importing a module registers its kernels)
+    activation,
+    attention,
+    control,
+    conv,
+    conv_transpose,
+    detection,
+    elementwise,
+    extra,
+    fused,
+    gemm,
+    loss,
+    norm,
+    pool,
+    quantize,
+    reduce,
+    resize,
+    rnn,
+    sequence,
+    shape,
+    text,
+)
 from rzrt.ops.registry import Kernel, kernel, lookup, registry_scope  # noqa: F401
