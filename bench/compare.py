@@ -1,0 +1,141 @@
+"""rzrt vs onnxruntime vs torch eager, same process, same input, interleaved.
+
+    python bench/compare.py                       # ResNet-50 (BN kept), MobileNetV2, ResNet-18 at batch 1 and 8
+    python bench/compare.py --models resnet50 --batches 1 --runs 30
+
+For each case: the median latency of each runtime over --runs runs (after warm-up), run one
+after the other in every round so load on the machine hits all alike, and rzrt/onnxruntime.
+Then peak memory (max RSS) of each runtime, each measured alone in a fresh process that
+loads the model and runs it a few times. Models are exported with random weights (seed 0);
+speed does not depend on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "models"))
+CASES = {"resnet50": "keepbn", "mobilenet_v2": "folded", "resnet18": "folded"}
+
+
+def model_path(name: str, flavour: str) -> Path:
+    import export
+    cache = Path(os.environ.get("RZRT_BENCH_CACHE", Path.home() / ".cache" / "rzrt-bench"))
+    path = cache / f"{name}-{flavour}.onnx"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export.export(name, path, weights="none", keep_bn=flavour == "keepbn")
+    return path
+
+
+def runners(name: str, path: Path, threads: int | None):
+    """{runtime: fn(x) -> logits}, each set up once."""
+    import onnxruntime as ort
+    import torch
+
+    import export
+    import rzrt
+
+    sess = rzrt.InferenceSession(path, threads=threads)
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # don't steal the next runtime's cores
+    if threads:
+        opts.intra_op_num_threads = threads
+    osess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    model, _ = export.build_model(name, "none")
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run_torch(x):
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+    return {"rzrt": lambda x: sess.run(None, {"input": x})[0],
+            "onnxruntime": lambda x: osess.run(None, {"input": x})[0],
+            "torch": run_torch}
+
+
+def measure(fns: dict, x: np.ndarray, runs: int, warmup: int) -> dict:
+    times = {k: [] for k in fns}
+    for i in range(warmup + runs):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f(x)
+            if i >= warmup:
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def peak_rss(runtime: str, path: Path, name: str, batch: int, threads) -> float:
+    """Max RSS (MB) of a fresh process that loads the model and runs it 5 times."""
+    code = f"""
+import resource, sys, numpy as np
+sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT / 'models')!r})
+from compare import runners
+from pathlib import Path
+x = np.random.default_rng(0).standard_normal(({batch}, 3, 224, 224)).astype(np.float32)
+"""
+    if runtime == "rzrt":
+        code += f"import rzrt\ns = rzrt.InferenceSession({str(path)!r}, threads={threads})\nf = lambda x: s.run(None, {{'input': x}})\n"
+    elif runtime == "onnxruntime":
+        code += f"import onnxruntime as ort\ns = ort.InferenceSession({str(path)!r})\nf = lambda x: s.run(None, {{'input': x}})\n"
+    else:
+        code += (f"import torch, export\nm, _ = export.build_model({name!r}, 'none')\n"
+                 "f = lambda x: m(torch.from_numpy(x))\ntorch.set_grad_enabled(False)\n")
+    code += "for _ in range(5): f(x)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(CASES), help="comma-separated: resnet50, mobilenet_v2, resnet18")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(argv)
+    import onnxruntime
+    import torch
+
+    import rzrt
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}, "
+          f"rzrt {rzrt.__version__}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
+    print(f"median of {args.runs} interleaved runs after {args.warmup} warm-up; threads: {args.threads or 'all'}")
+    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}"
+          + ("" if args.no_rss else f"{'rzrt MB':>9}{'ort MB':>8}{'torch MB':>9}"))
+    results = []
+    for name in args.models.split(","):
+        flavour = CASES[name]
+        path = model_path(name, flavour)
+        fns = runners(name, path, args.threads)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+            ms = measure(fns, x, args.runs, args.warmup)
+            row = {"model": name + (" (BN kept)" if flavour == "keepbn" else ""), "batch": batch, **ms,
+                   "ratio": ms["rzrt"] / ms["onnxruntime"]}
+            line = (f"{row['model']:<22}{batch:>6}{ms['rzrt']:>10.1f}{ms['onnxruntime']:>10.1f}{ms['torch']:>10.1f}"
+                    f"{row['ratio']:>10.2f}")
+            if not args.no_rss:
+                rss = {k: peak_rss(k, path, name, batch, args.threads) for k in ("rzrt", "onnxruntime", "torch")}
+                row["rss_mb"] = rss
+                line += f"{rss['rzrt']:>9.0f}{rss['onnxruntime']:>8.0f}{rss['torch']:>9.0f}"
+            print(line, flush=True)
+            results.append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
