@@ -34,13 +34,14 @@ def _pool_shape(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_sha
 
 def _pool_scratch(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
                   strides=None, **_):
-    """The padded input, when there is padding."""
+    """The padded input (when there is padding), then MaxPool's per-axis partial results."""
     xs, dt = x
-    _, _, _, pb, pe, _, extra = _pool_geometry(xs, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
-    if not any(pb) and not any(pe) and not any(extra):
-        return 0
-    return scratch_bytes((xs[:2] + tuple(n + b + e + x for n, b, e, x in zip(xs[2:], pb, pe, extra)),
-                          np.dtype(dt).itemsize))
+    _, _, _, pb, pe, osp, extra = _pool_geometry(xs, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    size = np.dtype(dt).itemsize
+    padded = xs[:2] + tuple(n + b + e + x for n, b, e, x in zip(xs[2:], pb, pe, extra))
+    pieces = [(padded, size)] if any(pb) or any(pe) or any(extra) else []
+    pieces += [(xs[:2] + osp[:i + 1] + padded[3 + i:], size) for i in range(len(osp) - 1)]
+    return scratch_bytes(*pieces)
 
 
 def _padded(X, pb, end, value, scratch):
@@ -59,13 +60,27 @@ def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
             storage_order=0, strides=None, out=None, scratch=None):
     k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
                                                  auto_pad, ceil_mode)
-    Xp = _padded(X, pb, tuple(e + x for e, x in zip(pe, extra)), _lowest(X.dtype), scratch)
+    mem = Carver(scratch)
+    end = tuple(e + x for e, x in zip(pe, extra))
+    Xp = X
+    if any(pb) or any(end):
+        shape = X.shape[:2] + tuple(n + b + e for n, b, e in zip(X.shape[2:], pb, end))
+        Xp = pad(X, pb, end, value=_lowest(X.dtype), out=mem.take(shape, X.dtype))
     Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
-    for t, (_, view) in enumerate(offsets(Xp, k, s, d, osp)):
-        if t == 0:
-            Y[...] = view
-        else:
-            np.maximum(Y, view, out=Y)
+    # max is separable: the window's max is the max over one axis of the maxima over the others,
+    # so K1 + K2 passes replace K1 * K2
+    cur = Xp
+    for axis in range(len(osp)):
+        last = axis == len(osp) - 1
+        dst = Y if last else mem.take(cur.shape[:2 + axis] + (osp[axis],) + cur.shape[3 + axis:], X.dtype)
+        for j in range(k[axis]):
+            sl = (slice(None),) * (2 + axis) + (slice(j * d[axis], j * d[axis] + (osp[axis] - 1) * s[axis] + 1,
+                                                      s[axis]),)
+            if j == 0:
+                dst[...] = cur[sl]
+            else:
+                np.maximum(dst, cur[sl], out=dst)
+        cur = dst
     return Y
 
 
