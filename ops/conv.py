@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from rzrt.ops.parallel import split
 from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
 
@@ -68,6 +69,12 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
 @kernel("Conv", since=1, shape=conv_shape, scratch=conv_scratch)
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None, out=None, scratch=None):
+    return conv(X, W, B, None, None, auto_pad, dilations, group, kernel_shape, pads, strides, out, scratch)
+
+
+def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
+         out=None, scratch=None):
+    """Y = act(conv(X, W) + B + Z); B, Z and act are applied band by band while the band is in cache."""
     n, c = X.shape[:2]
     m = W.shape[0]
     if c != W.shape[1] * group:
@@ -79,37 +86,63 @@ def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if any(pb) or any(pe):
         Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
                                          X.dtype))
+    if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
+        Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
     if _is_depthwise(c, m, group, W.shape):
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
+        for i in range(n):
+            _finish(Y[i].reshape(1, m, -1), B, Z, act, i, slice(None))
     else:
-        _im2col_gemm(Xp, W, group, k, s, d, osp, Y, mem)
-    if B is not None:
-        Y += B.reshape((m,) + (1,) * len(osp))
+        _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem)
     return Y
 
 
-def _im2col_gemm(Xp, W, group, k, s, d, osp, Y, mem):
+def _finish(y, B, Z, act, i, cols):
+    """The epilogue on one band y (G, M/G, columns) of image i: y = act(y + B + Z[i])."""
+    g, mg = y.shape[:2]
+    if B is not None:
+        y += B.reshape(g, mg, 1)
+    if Z is not None:
+        y += Z[i].reshape(g, mg, -1)[:, :, cols]
+    if act is not None:
+        act(y)
+
+
+OUT_BYTES = 1 << 20    # a 1x1 convolution's output band: small enough to stay in cache for the epilogue
+
+
+def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
     n, c = Xp.shape[:2]
     m, ck, L = W.shape[0], W.shape[1] * prod(k), prod(osp)
+    mg = m // group
     one_by_one = all(x == 1 for x in k) and all(x == 1 for x in s)
-    Wg = W.reshape(group, m // group, ck)
+    Wg = W.reshape(group, mg, ck)
     if one_by_one:
+        width = max(64, min(L, OUT_BYTES // (m * Xp.dtype.itemsize)))
         for i in range(n):
-            np.matmul(Wg, Xp[i].reshape(group, ck, L), out=Y[i].reshape(group, m // group, L))
+            x, y = Xp[i].reshape(group, ck, L), Y[i].reshape(group, mg, L)
+            for c0 in range(0, L, width):
+                band = slice(c0, min(L, c0 + width))
+                for g in range(group):
+                    np.matmul(Wg[g], x[g, :, band], out=y[g, :, band])
+                _finish(y[:, :, band], B, Z, act, i, band)
         return
     wins = windows(Xp, k, s, d, osp)                     # (N, C, *k, *out): a view, no copy
     rows, inner = band_rows(c * prod(k), osp, Xp.dtype.itemsize), prod(osp[1:])
-    band = mem.take((c * prod(k), rows * inner), Xp.dtype)
+    buf = mem.take((c * prod(k), rows * inner), Xp.dtype)
     row_axis = 1 + len(k)                                # the first output axis of wins[i]
     for i in range(n):
-        y = Y[i].reshape(group, m // group, L)
+        y = Y[i].reshape(group, mg, L)
         for r0 in range(0, osp[0], rows):
             r1 = min(osp[0], r0 + rows)
             src = wins[i][(slice(None),) * row_axis + (slice(r0, r1),)]
-            cols = band[:, :(r1 - r0) * inner]
-            np.copyto(cols.reshape(src.shape), src)      # the im2col copy, one band of rows
+            cols = buf[:, :(r1 - r0) * inner]
+            dst = cols.reshape(src.shape)
+            split(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]), c, cols.size)   # the im2col copy
+            band = slice(r0 * inner, r1 * inner)
             for g in range(group):                       # 2-D GEMMs: numpy's batched matmul skips BLAS
-                np.matmul(Wg[g], cols[g * ck:(g + 1) * ck], out=y[g, :, r0 * inner:r1 * inner])
+                np.matmul(Wg[g], cols[g * ck:(g + 1) * ck], out=y[g, :, band])
+            _finish(y[:, :, band], B, Z, act, i, band)
 
 
 def _depthwise(Xp, W, k, s, d, osp, Y, mem):

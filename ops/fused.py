@@ -8,7 +8,7 @@ buffer, then the residual Z is added and the activation applied there, in place.
 from __future__ import annotations
 
 from rzrt.ops.activation import Clip_6, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid, Tanh
-from rzrt.ops.conv import Conv, conv_scratch, conv_shape
+from rzrt.ops.conv import conv, conv_scratch, conv_shape
 from rzrt.ops.gemm import Gemm, MatMul, gemm_shape, matmul_shape
 from rzrt.ops.registry import kernel
 
@@ -33,11 +33,8 @@ def activate(Y, activation: str, params=()):
 @kernel("FusedConv", domain="rzrt", since=1, shape=conv_shape, scratch=conv_scratch)
 def FusedConv(X, W, B=None, Z=None, *, activation="", activation_params=(), auto_pad="NOTSET", dilations=None,
               group=1, kernel_shape=None, pads=None, strides=None, out=None, scratch=None):
-    Y = Conv(X, W, B, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
-             strides=strides, out=out, scratch=scratch)
-    if Z is not None:
-        Y += Z
-    return activate(Y, activation, activation_params)
+    act = (lambda y: ACTIVATIONS[activation](y, *activation_params)) if activation else None
+    return conv(X, W, B, Z, act, auto_pad, dilations, group, kernel_shape, pads, strides, out, scratch)
 
 
 @kernel("FusedGemm", domain="rzrt", since=1, shape=gemm_shape)

@@ -14,7 +14,7 @@ from rzrt.errors import InputError, ModelError, UnsupportedOpError
 from rzrt.executor import Executor, Step, last_uses
 from rzrt.graph import Graph, Value
 from rzrt.model import load_model
-from rzrt.ops import registry
+from rzrt.ops import parallel, registry
 from rzrt.planner import MemoryPlan, Request, plan
 from rzrt.shapes import infer_shapes
 
@@ -88,6 +88,7 @@ class InferenceSession:
         feeds = self._check_feed(input_feed)
         names = self._check_output_names(output_names)
         ex = self._executor_for(feeds)
+        parallel.set_threads(self.threads)
         with self._limit():
             results = ex.run(feeds)
         return [results[n] for n in names]

@@ -294,3 +294,23 @@ def test_dropout_inference(opset):
     got = rzrt.InferenceSession(single_node_model("Dropout", {"X": x}, opset=opset, n_outputs=2)).run(None, {"X": x})
     np.testing.assert_array_equal(got[0], x)
     assert got[1].dtype == bool and got[1].all()
+
+
+# --- the fused convolution (what fuse_conv_add + fuse_activation write) -------------------
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((2, 16, 40, 40), (300, 16, 1, 1), {}),                                   # 1x1 in several output bands
+    ((2, 8, 9, 9), (12, 8, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),    # im2col bands
+    ((1, 8, 30, 30), (8, 4, 3, 3), dict(group=2, pads=[1, 1, 1, 1])),         # grouped
+    ((2, 6, 8, 8), (6, 1, 3, 3), dict(group=6, pads=[1, 1, 1, 1])),           # depthwise
+])
+@pytest.mark.parametrize("z_shape", ["same", "broadcast", None])
+def test_fused_conv_is_conv_plus_residual_plus_activation(xs, ws, attrs, z_shape):
+    from rzrt.ops.conv import Conv
+    from rzrt.ops.fused import FusedConv
+    x, w, b = rand(*xs), rand(*ws), rand(ws[0])
+    y = Conv(x, w, b, **attrs)
+    z = None if z_shape is None else (rand(*y.shape) if z_shape == "same" else rand(1, y.shape[1], 1, 1))
+    want = np.maximum(y + (0 if z is None else z), 0)
+    np.testing.assert_allclose(FusedConv(x, w, b, z, activation="Relu", **attrs), want, rtol=1e-5, atol=1e-5)
+    clip = FusedConv(x, w, b, z, activation="Clip", activation_params=(-0.5, 0.5), **attrs)
+    np.testing.assert_allclose(clip, np.clip(y + (0 if z is None else z), -0.5, 0.5), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,39 @@
+"""A small thread pool for the non-BLAS work numpy does on one core (copies, elementwise passes).
+
+numpy releases the GIL inside its copy and ufunc loops, so two threads copying two halves of
+an array really run at once. Kernels call `split(fn, n)`: fn(lo, hi) over [0, n) in chunks,
+one per thread. The session sets the thread count for its runs (InferenceSession(threads=)).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+_threads = os.cpu_count() or 1
+_pool: ThreadPoolExecutor | None = None
+MIN_WORK = 1 << 16          # elements below which a split costs more than it saves
+
+
+def set_threads(n: int | None) -> None:
+    global _threads
+    _threads = max(1, n or os.cpu_count() or 1)
+
+
+def threads() -> int:
+    return _threads
+
+
+def split(fn, n: int, work: int | None = None) -> None:
+    """fn(lo, hi) for contiguous chunks covering range(n), in parallel when it pays."""
+    global _pool
+    k = min(_threads, n)
+    if k <= 1 or (work is not None and work < MIN_WORK):
+        fn(0, n)
+        return
+    if _pool is None or _pool._max_workers < k:
+        _pool = ThreadPoolExecutor(max_workers=max(k, os.cpu_count() or 1), thread_name_prefix="rzrt")
+    bounds = [n * i // k for i in range(k + 1)]
+    futures = [_pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()
