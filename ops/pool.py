@@ -57,7 +57,11 @@ def _lowest(dtype):
 
 @kernel("MaxPool", since=1, shape=_pool_shape, scratch=_pool_scratch)
 def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-            storage_order=0, strides=None, out=None, scratch=None):
+            storage_order=0, strides=None, out=None, scratch=None, _outputs=1):
+    if _outputs > 1:     # the optional Indices output: see conv_transpose.maxpool_with_indices
+        from rzrt.ops.conv_transpose import maxpool_with_indices
+        return maxpool_with_indices(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                                    kernel_shape=kernel_shape, pads=pads, storage_order=storage_order, strides=strides)
     k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
                                                  auto_pad, ceil_mode)
     mem = Carver(scratch)
