@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from rzrt.ops import winograd
 from rzrt.ops.parallel import split
 from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
 
 
 COLS_BYTES = 1 << 20
+WINOGRAD = True        # 3x3 stride-1 convolutions by Winograd's F(4x4, 3x3) / F(2x2, 3x3); see winograd.py
 
 
 def band_rows(ck: int, osp, itemsize: int) -> int:
@@ -58,8 +60,11 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     pieces = []
     if any(pb) or any(pe):
         pieces.append((xs[:2] + tuple(n + b + e for n, b, e in zip(xs[2:], pb, pe)), size))
+    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad) if WINOGRAD else 0
     if _is_depthwise(xs[1], ws[0], group, ws):
         pieces.append(((xs[0], ws[0]) + osp, size))
+    elif wm:
+        pieces += winograd.scratch_pieces(xs, ws, wm, size)
     elif not (all(x == 1 for x in k) and all(x == 1 for x in s)):
         ck = xs[1] * prod(k)
         pieces.append(((ck, band_rows(ck, osp, size) * prod(osp[1:])), size))
@@ -88,10 +93,15 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
                                          X.dtype))
     if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
         Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
+    wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad) \
+        if WINOGRAD else 0
     if _is_depthwise(c, m, group, W.shape):
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
         for i in range(n):
             _finish(Y[i].reshape(1, m, -1), B, Z, act, i, slice(None))
+    elif wm:
+        winograd.conv3x3(Xp, W, wm, Y, mem,
+                         lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
     else:
         _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem)
     return Y

@@ -159,7 +159,7 @@ def _one_op_model(op="Twice"):
 
 @pytest.mark.parametrize("kernel,shape,match", [
     (lambda X: 1 / 0, None, "ZeroDivisionError"),
-    (lambda X: [], None, "returned 0 output"),
+    (lambda X: (), None, "returned 0 output"),
     (lambda X: np.zeros((3, 2), np.float32), same, r"returned float32\[3, 2\].*shape rule said float32\[2, 3\]"),
     (lambda X: np.zeros((2, 3), np.float64), same, r"returned float64.*said float32"),
 ])

@@ -314,3 +314,29 @@ def test_fused_conv_is_conv_plus_residual_plus_activation(xs, ws, attrs, z_shape
     np.testing.assert_allclose(FusedConv(x, w, b, z, activation="Relu", **attrs), want, rtol=1e-5, atol=1e-5)
     clip = FusedConv(x, w, b, z, activation="Clip", activation_params=(-0.5, 0.5), **attrs)
     np.testing.assert_allclose(clip, np.clip(y + (0 if z is None else z), -0.5, 0.5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("xs,m", [((2, 32, 16, 12), 4), ((1, 48, 14, 14), 2), ((1, 32, 20, 8), 4), ((2, 40, 6, 10), 2)])
+def test_winograd_convolution(xs, m):
+    """3x3 stride-1 pad-1 convolutions go through Winograd F(m x m, 3 x 3): same result as im2col."""
+    from rzrt.ops import conv as C, winograd
+    from rzrt.ops.fused import FusedConv
+    w = rand(36, xs[1], 3, 3)
+    attrs = dict(pads=[1, 1, 1, 1])
+    assert winograd.tile_size(xs, w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET") == m
+    x, b = rand(*xs), rand(36)
+    model = single_node_model("Conv", {"X": x, "W": w, "B": b}, attrs)
+    want = ReferenceEvaluator(model).run(None, {"X": x, "W": w, "B": b})[0]
+    got = rzrt.InferenceSession(model).run(None, {"X": x, "W": w, "B": b})[0]
+
+    def rel(a, b):       # the error relative to the output's scale, as the models are judged
+        return np.abs(a - b).max() / np.abs(b).max()
+    assert rel(got, want) < 1e-5
+    C.WINOGRAD = False
+    try:
+        direct = C.Conv(x, w, b, **attrs)
+    finally:
+        C.WINOGRAD = True
+    assert rel(got, direct) < 1e-5
+    z = rand(*direct.shape)
+    assert rel(FusedConv(x, w, b, z, activation="Relu", **attrs), np.maximum(direct + z, 0)) < 1e-5

@@ -1,0 +1,117 @@
+"""Winograd convolution for 3x3, stride 1, pad 1, ungrouped convolutions: fewer multiplications.
+
+An m x m output tile needs an (m+2) x (m+2) input tile d. With the constant matrices of
+F(m x m, 3 x 3) (Lavin & Gray, 2015):
+
+    U = G W G^T          (each filter, once, at first use: "pre-packed")
+    V = B^T d B          (each input tile)
+    Y = A^T (U . V) A    (. = elementwise over the (m+2)^2 positions, summed over channels)
+
+The channel sum at each of the (m+2)^2 positions is a GEMM: M[p] = U[p] @ V[p], so the
+whole convolution is (m+2)^2 GEMMs of K x C x tiles instead of one of K x 9C x pixels:
+F(4x4, 3x3) does 36 multiplications per 16 outputs where im2col does 144 (4x fewer),
+F(2x2, 3x3) 16 per 4 (2.25x fewer). The transforms are small matrix products over the
+tile axes. Tiles are processed in chunks so the buffers fit the planned scratch.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+F = {
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+}
+TILES = 128        # tiles per chunk
+_packed: dict = {}
+
+
+def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, auto_pad) -> int:
+    """m for F(m x m, 3 x 3) when Winograd applies and pays here, else 0."""
+    if len(w_shape) != 4 or tuple(w_shape[2:]) != (3, 3) or group != 1 or auto_pad not in ("NOTSET", "", None):
+        return 0
+    if any(v != 1 for v in (strides or (1, 1))) or any(v != 1 for v in (dilations or (1, 1))):
+        return 0
+    if tuple(pads or (0, 0, 0, 0)) != (1, 1, 1, 1) or w_shape[1] < 32 or w_shape[0] < 32:
+        return 0
+    h, w = x_shape[2:]
+    for m in (4, 2):
+        if h % m == 0 and w % m == 0 and h >= 2 * m:
+            return m
+    return 0
+
+
+def pack(W: np.ndarray, m: int) -> np.ndarray:
+    """U = G W G^T for every filter, as (a*a, K, C); cached per weight array (weights do not change)."""
+    key = (id(W), m)
+    hit = _packed.get(key)
+    if hit is not None and hit[0] is W:
+        return hit[1]
+    _, G, _ = F[m]
+    a = m + 2
+    U = np.einsum("xi,kcij,yj->xykc", G, W.astype(np.float64), G).reshape(a * a, *W.shape[:2])
+    U = np.ascontiguousarray(U.astype(W.dtype))
+    _packed[key] = (W, U)
+    return U
+
+
+def band_rows(n_tiles_row: int) -> int:
+    """Tile rows per chunk: about TILES tiles."""
+    return max(1, TILES // max(n_tiles_row, 1))
+
+
+def scratch_pieces(x_shape, w_shape, m, itemsize) -> list:
+    """Scratch for one chunk: the input tiles, V, the products and the two output-transform stages."""
+    _, c, h, w = x_shape
+    k, a = w_shape[0], m + 2
+    q = min(band_rows(w // m), h // m) * (w // m)
+    return [((max(a * a * c, m * a * k) * q,), itemsize), ((max(a * a * c, m * m * k) * q,), itemsize),
+            ((a * a, k, q), itemsize)]
+
+
+def conv3x3(Xp, W, m, Y, mem, finish):
+    """Y = conv(X, W) from the padded input Xp (pad 1 all round); after each band of output rows
+    of image i is written, finish(i, columns) applies the epilogue to Y[i]'s flat columns."""
+    BT, _, AT = (M.astype(Xp.dtype) for M in F[m])
+    a = m + 2
+    n, c = Xp.shape[:2]
+    k = W.shape[0]
+    th, tw = (Xp.shape[2] - 2) // m, (Xp.shape[3] - 2) // m
+    width = tw * m
+    U = pack(W, m)
+    xs, ys = Xp.strides, Y.strides
+    # tiles[i, j, c, n, ty, tx] = Xp[n, c, ty*m + i, tx*m + j]: overlapping a x a windows (a view)
+    tiles = as_strided(Xp, (a, a, c, n, th, tw), (xs[2], xs[3], xs[1], xs[0], xs[2] * m, xs[3] * m))
+    # out_tiles[r, s, k, n, ty, tx] = Y[n, k, ty*m + r, tx*m + s]
+    out_tiles = as_strided(Y, (m, m, k, n, th, tw), (ys[2], ys[3], ys[1], ys[0], ys[2] * m, ys[3] * m))
+    rows = min(band_rows(tw), th)
+    q_max = rows * tw
+    # three buffers: the output transform reuses the input transform's, which are free by then
+    buf_d = mem.take((max(a * a * c, m * a * k) * q_max,), Xp.dtype)
+    buf_v = mem.take((max(a * a * c, m * m * k) * q_max,), Xp.dtype)
+    prod_ = mem.take((a * a, k, q_max), Xp.dtype)
+    for i in range(n):
+        for t0 in range(0, th, rows):
+            t1 = min(th, t0 + rows)
+            q = (t1 - t0) * tw
+            dd, vv = buf_d[:a * a * c * q].reshape(a * a, c, q), buf_v[:a * a * c * q].reshape(a * a, c, q)
+            mm = prod_[:, :, :q]
+            rr1, rr2 = buf_d[:m * a * k * q].reshape(m, a, k * q), buf_v[:m * m * k * q].reshape(m, m, k * q)
+            np.copyto(dd.reshape(a, a, c, t1 - t0, tw), tiles[:, :, :, i, t0:t1])
+            # V = B^T d B: over the tile rows, then over the tile columns
+            np.matmul(BT, dd.reshape(a, a * c * q), out=vv.reshape(a, a * c * q))
+            for x in range(a):
+                np.matmul(BT, vv.reshape(a, a, c * q)[x], out=dd.reshape(a, a, c * q)[x])
+            np.matmul(U, dd, out=mm)              # the channel sums: one GEMM per tile position
+            # Y = A^T M A
+            np.matmul(AT, mm.reshape(a, a * k * q), out=rr1.reshape(m, a * k * q))
+            for r in range(m):
+                np.matmul(AT, rr1[r], out=rr2[r])
+            np.copyto(out_tiles[:, :, :, i, t0:t1], rr2.reshape(m, m, k, t1 - t0, tw))
+            finish(i, slice(t0 * m * width, t1 * m * width))
