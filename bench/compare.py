@@ -5,6 +5,8 @@
 
 For each case: the median latency of each runtime over --runs runs (after warm-up), run one
 after the other in every round so load on the machine hits all alike, and rzrt/onnxruntime.
+onnxruntime runs interleaved with spinning off (its idle threads would otherwise busy-wait on
+the cores the next runtime needs); "ort solo" is onnxruntime alone with its defaults, its best case.
 Then peak memory (max RSS) of each runtime, each measured alone in a fresh process that
 loads the model and runs it a few times. Models are exported with random weights (seed 0);
 speed does not depend on the weights.
@@ -63,6 +65,16 @@ def runners(name: str, path: Path, threads: int | None):
             "torch": run_torch}
 
 
+def ort_solo(path: Path, x: np.ndarray, runs: int, warmup: int, threads) -> float:
+    """onnxruntime alone, with its default options (its threads spin between runs): its best case."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return measure({"ort": lambda x: s.run(None, {"input": x})}, x, runs, warmup)["ort"]
+
+
 def measure(fns: dict, x: np.ndarray, runs: int, warmup: int) -> dict:
     times = {k: [] for k in fns}
     for i in range(warmup + runs):
@@ -112,7 +124,7 @@ def main(argv=None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}, "
           f"rzrt {rzrt.__version__}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
     print(f"median of {args.runs} interleaved runs after {args.warmup} warm-up; threads: {args.threads or 'all'}")
-    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}"
+    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}{'ort solo':>10}"
           + ("" if args.no_rss else f"{'rzrt MB':>9}{'ort MB':>8}{'torch MB':>9}"))
     results = []
     for name in args.models.split(","):
@@ -122,10 +134,11 @@ def main(argv=None) -> int:
         for batch in [int(b) for b in args.batches.split(",")]:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             ms = measure(fns, x, args.runs, args.warmup)
+            solo = ort_solo(path, x, args.runs, args.warmup, args.threads)
             row = {"model": name + (" (BN kept)" if flavour == "keepbn" else ""), "batch": batch, **ms,
-                   "ratio": ms["rzrt"] / ms["onnxruntime"]}
+                   "ratio": ms["rzrt"] / ms["onnxruntime"], "ort_solo": solo}
             line = (f"{row['model']:<22}{batch:>6}{ms['rzrt']:>10.1f}{ms['onnxruntime']:>10.1f}{ms['torch']:>10.1f}"
-                    f"{row['ratio']:>10.2f}")
+                    f"{row['ratio']:>10.2f}{solo:>10.1f}")
             if not args.no_rss:
                 rss = {k: peak_rss(k, path, name, batch, args.threads) for k in ("rzrt", "onnxruntime", "torch")}
                 row["rss_mb"] = rss

@@ -13,10 +13,11 @@ from rzrt.errors import InputError
 
 # The optimisation ladder, like the seed project's six versions: each step adds one thing.
 LADDER = [
-    ("graph as exported, no memory plan, 1 thread", dict(level=0, memory_plan=False, threads=1)),
-    ("+ graph passes (BN folding, fusions)", dict(level=2, memory_plan=False, threads=1)),
-    ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1)),
-    ("+ all threads", dict(level=2, memory_plan=True, threads=None)),
+    ("graph as exported, im2col only, 1 thread", dict(level=0, memory_plan=False, threads=1, winograd=False)),
+    ("+ graph passes (BN folding, fusions)", dict(level=2, memory_plan=False, threads=1, winograd=False)),
+    ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1, winograd=False)),
+    ("+ Winograd for 3x3 convolutions", dict(level=2, memory_plan=True, threads=1, winograd=True)),
+    ("+ all threads", dict(level=2, memory_plan=True, threads=None, winograd=True)),
 ]
 
 
@@ -101,6 +102,8 @@ def _peer_session(model, threads):
     except ImportError:
         raise InputError("--vs onnxruntime needs onnxruntime installed: pip install onnxruntime") from None
     opts = onnxruntime.SessionOptions()
+    # interleaved runs: onnxruntime's threads must not spin on the cores rzrt is about to use
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
@@ -109,8 +112,11 @@ def _peer_session(model, threads):
 def _ladder(model, batch, runs, warmup):
     click.echo(f"{Path(model).name}: optimisation ladder at batch {batch}, median of {runs} runs after {warmup} warm-up")
     click.echo(f"{'step':<50}{'p50 ms':>10}{'step gain':>11}{'total gain':>12}")
+    from rzrt.ops import conv
     first = prev = None
     for label, kw in LADDER:
+        kw = dict(kw)
+        conv.WINOGRAD = kw.pop("winograd")
         sess = open_session(model, **kw)
         feeds = example_feeds(sess, batch=batch)
         ms = []
@@ -124,3 +130,4 @@ def _ladder(model, batch, runs, warmup):
         gain = f"{prev / p50:.2f}x" if prev else ""
         click.echo(f"{label:<50}{p50:>10.2f}{gain:>11}{first / p50:>11.2f}x")
         prev = p50
+    conv.WINOGRAD = True
