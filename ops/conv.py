@@ -156,14 +156,19 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
 
 
 def _depthwise(Xp, W, k, s, d, osp, Y, mem):
-    """Y[n, c] = sum_j W[c, j] * Xpad[n, c, o*s + j*d]: one multiply-add per tap, all channels at once."""
+    """Y[n, c] = sum_j W[c, j] * Xpad[n, c, o*s + j*d]: one multiply-add per tap, all channels at once.
+    Half-precision outputs add up in float32 and round once, as a float32 GEMM would."""
     c = Xp.shape[1]
-    taps = W.reshape(c, prod(k))
+    low = Y.dtype.itemsize < 4
+    acc = np.empty(Y.shape, np.float32) if low else Y
+    taps = W.reshape(c, prod(k)).astype(acc.dtype) if low else W.reshape(c, prod(k))
     bshape = (c,) + (1,) * len(osp)
-    tmp = mem.take(Y.shape, Y.dtype)
+    tmp = np.empty(Y.shape, np.float32) if low else mem.take(Y.shape, Y.dtype)
     for t, (_, view) in enumerate(offsets(Xp, k, s, d, osp)):
         if t == 0:
-            np.multiply(view, taps[:, 0].reshape(bshape), out=Y)
+            np.multiply(view, taps[:, 0].reshape(bshape), out=acc)
         else:
             np.multiply(view, taps[:, t].reshape(bshape), out=tmp)
-            Y += tmp
+            acc += tmp
+    if low:
+        np.copyto(Y, acc, casting="unsafe")
