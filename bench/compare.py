@@ -87,9 +87,9 @@ def measure(fns: dict, x: np.ndarray, runs: int, warmup: int) -> dict:
 
 
 def peak_rss(runtime: str, path: Path, name: str, batch: int, threads) -> float:
-    """Max RSS (MB) of a fresh process that loads the model and runs it 5 times."""
+    """Peak RSS (MB, VmHWM) of a fresh process that loads the model and runs it 5 times."""
     code = f"""
-import resource, sys, numpy as np
+import sys, numpy as np
 sys.path.insert(0, {str(ROOT / 'bench')!r}); sys.path.insert(0, {str(ROOT / 'models')!r})
 from compare import runners
 from pathlib import Path
@@ -102,7 +102,9 @@ x = np.random.default_rng(0).standard_normal(({batch}, 3, 224, 224)).astype(np.f
     else:
         code += (f"import torch, export\nm, _ = export.build_model({name!r}, 'none')\n"
                  "f = lambda x: m(torch.from_numpy(x))\ntorch.set_grad_enabled(False)\n")
-    code += "for _ in range(5): f(x)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the (large) parent process
+    code += ("for _ in range(5): f(x)\n"
+             "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
