@@ -48,7 +48,9 @@ def _stats(ms: list, batch: int) -> dict:
 @click.option("--batch", "batch_text", default="1", show_default=True, help="batch sizes, e.g. 1,8")
 @click.option("--runs", default=20, show_default=True, type=click.IntRange(min=1), help="measured runs per batch size")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0), help="runs before measuring")
-@click.option("--vs", "peer", type=click.Choice(["onnxruntime"]), help="also run a peer, interleaved, and print the ratio")
+@click.option("--vs", "peer", metavar="BACKEND",
+              help="also run another ONNX backend (an onnx.backend module, e.g. onnxruntime), interleaved, "
+                   "and print the ratio")
 @click.option("--ladder", is_flag=True, help="run the optimisation steps one by one and print each step's latency")
 @session_options
 def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
@@ -63,11 +65,11 @@ def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
     if ladder:
         return _ladder(model, batches[0], runs, warmup)
     sess = open_session(model, level=level, threads=threads)
-    ort = _peer_session(model, threads) if peer else None
+    ort = _peer_backend(peer, model) if peer else None
     click.echo(f"{Path(model).name}: level {level}, threads {threads or 'all'}, {runs} runs after {warmup} warm-up")
     head = f"{'batch':>5}{'mean ms':>10}{'p50':>9}{'p90':>9}{'p99':>9}{'images/s':>10}{'arena':>10}"
     if ort:
-        head += f"{'ort ms':>10}{'rzrt/ort':>10}"
+        head += f"{peer[:12] + ' ms':>16}{'rzrt/' + peer[:12]:>18}"
     click.echo(head)
     for b in batches:
         feeds = example_feeds(sess, batch=b)
@@ -76,7 +78,7 @@ def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
             return sess.run(None, f)
 
         def theirs(f):
-            return ort.run(None, f)
+            return ort.run(list(f.values()))
         mine, peer_ms = [], []
         with progress(range(warmup + runs), f"batch {b}") as bar:
             for i in bar:
@@ -92,21 +94,27 @@ def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
                 f"{mb(sess.memory_plan().arena_bytes):>10}")
         if ort:
             o = _stats(peer_ms, b)
-            line += f"{o['p50']:>10.2f}{s['p50'] / o['p50']:>10.2f}"
+            line += f"{o['p50']:>16.2f}{s['p50'] / o['p50']:>18.2f}"
         click.echo(line)
 
 
-def _peer_session(model, threads):
-    try:
-        import onnxruntime
-    except ImportError:
-        raise InputError("--vs onnxruntime needs onnxruntime installed: pip install onnxruntime") from None
-    opts = onnxruntime.SessionOptions()
-    # interleaved runs: onnxruntime's threads must not spin on the cores rzrt is about to use
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+def _peer_backend(name: str, model: str):
+    """A peer through onnx's Backend API (onnx.backend.base): `name.backend` or `name` itself provides
+    prepare(model) -> rep with rep.run(inputs). rzrt depends on no peer; the user names one installed."""
+    import importlib
+
+    import onnx
+    module = None
+    for candidate in (f"{name}.backend", name):
+        try:
+            module = importlib.import_module(candidate)
+            break
+        except ImportError:
+            continue
+    if module is None or not hasattr(module, "prepare"):
+        raise InputError(f"--vs {name}: expected an installed ONNX backend module ({name}.backend or {name} with "
+                         f"prepare()), e.g. --vs onnxruntime after pip install onnxruntime")
+    return module.prepare(onnx.load(str(model)), "CPU")
 
 
 def _ladder(model, batch, runs, warmup):

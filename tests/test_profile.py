@@ -108,7 +108,8 @@ def test_bench_table_and_ladder(resnet18_path):
 def test_bench_vs_onnxruntime(resnet18_path):
     out = invoke("bench", resnet18_path, "--runs", 2, "--warmup", 0, "--vs", "onnxruntime").output
     head, row = out.splitlines()[1:3]
-    assert "rzrt/ort" in head and float(row.split()[-1]) > 0
+    assert "rzrt/onnxruntime" in head and float(row.split()[-1]) > 0
+    assert max(len(line) for line in out.splitlines()) <= 100
 
 
 def test_bad_shape_is_one_line_error(resnet18_path):
