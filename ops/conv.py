@@ -155,20 +155,34 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
             _finish(y[:, :, band], B, Z, act, i, band)
 
 
+DW_BLOCK_BYTES = 1 << 22    # a depthwise channel block per numpy call: bigger blocks mean fewer calls
+
+
 def _depthwise(Xp, W, k, s, d, osp, Y, mem):
-    """Y[n, c] = sum_j W[c, j] * Xpad[n, c, o*s + j*d]: one multiply-add per tap, all channels at once.
+    """Y[n, c] = sum_j W[c, j] * Xpad[n, c, o*s + j*d]: one multiply-add per tap over a block of
+    channels at a time, the channels shared among the threads.
     Half-precision outputs add up in float32 and round once, as a float32 GEMM would."""
-    c = Xp.shape[1]
+    n, c = Xp.shape[:2]
     low = Y.dtype.itemsize < 4
     acc = np.empty(Y.shape, np.float32) if low else Y
-    taps = W.reshape(c, prod(k)).astype(acc.dtype) if low else W.reshape(c, prod(k))
-    bshape = (c,) + (1,) * len(osp)
+    taps = W.reshape(c, prod(k)).astype(acc.dtype)
     tmp = np.empty(Y.shape, np.float32) if low else mem.take(Y.shape, Y.dtype)
-    for t, (_, view) in enumerate(offsets(Xp, k, s, d, osp)):
-        if t == 0:
-            np.multiply(view, taps[:, 0].reshape(bshape), out=acc)
-        else:
-            np.multiply(view, taps[:, t].reshape(bshape), out=tmp)
-            acc += tmp
+    plane = prod(osp) * acc.dtype.itemsize
+    block = max(1, DW_BLOCK_BYTES // max(plane, 1))
+    bshape = (1,) * len(osp)
+
+    def channels(lo, hi):
+        for i in range(n):
+            for c0 in range(lo, hi, block):
+                c1 = min(hi, c0 + block)
+                a, t = acc[i, c0:c1], tmp[i, c0:c1]
+                for j, (_, view) in enumerate(offsets(Xp[i:i + 1, c0:c1], k, s, d, osp)):
+                    w = taps[c0:c1, j].reshape((-1,) + bshape)
+                    if j == 0:
+                        np.multiply(view[0], w, out=a)
+                    else:
+                        np.multiply(view[0], w, out=t)
+                        a += t
+    split(channels, c, acc.size)
     if low:
         np.copyto(Y, acc, casting="unsafe")
