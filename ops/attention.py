@@ -425,3 +425,20 @@ def CausalConvWithState(input, weight, bias=None, past_state=None, *, activation
         yw = y.astype(w)
         y = (yw * _sigmoid(yw)).astype(input.dtype)
     return y, padded[:, :, padded.shape[2] - (k - 1):]
+
+
+@kernel("TensorScatter", since=24)
+def TensorScatter(past_cache, update, write_indices=None, *, axis=-2, mode="linear"):
+    """present = past with update[b] written along `axis` from write_indices[b] on (mod length if circular)"""
+    axis = axis % past_cache.ndim
+    present = past_cache.copy()
+    n, length = update.shape[axis], past_cache.shape[axis]
+    starts = np.zeros(past_cache.shape[0], np.int64) if write_indices is None else write_indices.astype(np.int64)
+    for b in range(present.shape[0]):         # axis 0 is the batch: each entry has its own write position
+        pos = starts[b] + np.arange(n)
+        if mode == "circular":
+            pos %= length
+        index = [slice(None)] * (present.ndim - 1)
+        index[axis - 1] = pos
+        present[b][tuple(index)] = update[b]
+    return present
