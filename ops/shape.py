@@ -54,13 +54,13 @@ def Dropout(X, ratio=None, training_mode=None, *, seed=None):
 
 def _flatten_shape(x, *, axis=1):
     s, dt = x
-    axis = axis % len(s) if len(s) else 0
+    axis = axis + len(s) if axis < 0 else axis
     return (int(np.prod(s[:axis])), int(np.prod(s[axis:]))), dt
 
 
 @kernel("Flatten", since=1, shape=_flatten_shape, view=True)
 def Flatten(X, *, axis=1):
-    axis = axis % X.ndim if X.ndim else 0
+    axis = axis + X.ndim if axis < 0 else axis
     return X.reshape(int(np.prod(X.shape[:axis])), -1)
 
 

@@ -34,7 +34,7 @@ _packed: dict = {}
 
 def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, auto_pad) -> int:
     """m for F(m x m, 3 x 3) when Winograd applies and pays here, else 0."""
-    if len(w_shape) != 4 or tuple(w_shape[2:]) != (3, 3) or group != 1 or auto_pad not in ("NOTSET", "", None):
+    if len(w_shape) != 4 or tuple(w_shape[2:]) != (3, 3) or len(x_shape) != 4 or group != 1 or auto_pad not in ("NOTSET", "", None):
         return 0
     if any(v != 1 for v in (strides or (1, 1))) or any(v != 1 for v in (dilations or (1, 1))):
         return 0
