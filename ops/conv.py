@@ -60,7 +60,7 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     pieces = []
     if any(pb) or any(pe):
         pieces.append((xs[:2] + tuple(n + b + e for n, b, e in zip(xs[2:], pb, pe)), size))
-    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad) if WINOGRAD else 0
+    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad, dt) if WINOGRAD else 0
     if _is_depthwise(xs[1], ws[0], group, ws):
         pieces.append(((xs[0], ws[0]) + osp, size))
     elif wm:
@@ -93,8 +93,8 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
                                          X.dtype))
     if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
         Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
-    wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad) \
-        if WINOGRAD else 0
+    wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
+                            X.dtype) if WINOGRAD else 0
     if _is_depthwise(c, m, group, W.shape):
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
         for i in range(n):

@@ -7,6 +7,8 @@ buffer, then the residual Z is added and the activation applied there, in place.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from rzrt.ops.activation import Clip_6, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid, Tanh
 from rzrt.ops.conv import conv, conv_scratch, conv_shape
 from rzrt.ops.gemm import Gemm, MatMul, gemm_shape, matmul_shape
@@ -30,11 +32,23 @@ def activate(Y, activation: str, params=()):
     return Y
 
 
-@kernel("FusedConv", domain="rzrt", since=1, shape=conv_shape, scratch=conv_scratch)
+def fused_conv_shape(x, w, b=None, z=None, **attrs):
+    shape, dt = conv_shape(x, w, **attrs)
+    return (np.broadcast_shapes(shape, z[0]) if z is not None else shape), dt
+
+
+@kernel("FusedConv", domain="rzrt", since=1, shape=fused_conv_shape, scratch=conv_scratch)
 def FusedConv(X, W, B=None, Z=None, *, activation="", activation_params=(), auto_pad="NOTSET", dilations=None,
               group=1, kernel_shape=None, pads=None, strides=None, out=None, scratch=None):
     act = (lambda y: ACTIVATIONS[activation](y, *activation_params)) if activation else None
-    return conv(X, W, B, Z, act, auto_pad, dilations, group, kernel_shape, pads, strides, out, scratch)
+    geo = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+               strides=strides)
+    if Z is not None:
+        y_shape, _ = conv_shape((X.shape, X.dtype), (W.shape, W.dtype), **geo)
+        if np.broadcast_shapes(y_shape, Z.shape) != y_shape:   # Z broadcasts the output up: add it after
+            Y = np.add(conv(X, W, B, None, None, **geo, scratch=scratch), Z, out=out)
+            return activate(Y, activation, activation_params)
+    return conv(X, W, B, Z, act, **geo, out=out, scratch=scratch)
 
 
 @kernel("FusedGemm", domain="rzrt", since=1, shape=gemm_shape)

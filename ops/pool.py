@@ -101,7 +101,7 @@ def AveragePool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilat
         Y += view
     # count[o]: taps of window o that land on input (or on the model's own pads)
     inside = np.ones((1, 1) + X.shape[2:], dtype=np.float64)
-    if count_include_pad and auto_pad == "NOTSET":
+    if count_include_pad:         # the model's pads, explicit or from auto_pad, count
         inside = pad(inside, pb, pe, value=1.0)
         mask = pad(inside, (0,) * len(pb), extra)
     else:

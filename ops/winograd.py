@@ -15,6 +15,8 @@ tile axes. Tiles are processed in chunks so the buffers fit the planned scratch.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -32,8 +34,10 @@ TILES = 128        # tiles per chunk
 _packed: dict = {}
 
 
-def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, auto_pad) -> int:
+def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, auto_pad, dtype) -> int:
     """m for F(m x m, 3 x 3) when Winograd applies and pays here, else 0."""
+    if np.dtype(dtype).kind != "f" or np.dtype(dtype).itemsize < 4:   # float16: too few bits for the transforms
+        return 0
     if len(w_shape) != 4 or tuple(w_shape[2:]) != (3, 3) or len(x_shape) != 4 or group != 1 or auto_pad not in ("NOTSET", "", None):
         return 0
     if any(v != 1 for v in (strides or (1, 1))) or any(v != 1 for v in (dilations or (1, 1))):
@@ -48,16 +52,21 @@ def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, a
 
 
 def pack(W: np.ndarray, m: int) -> np.ndarray:
-    """U = G W G^T for every filter, as (a*a, K, C); cached per weight array (weights do not change)."""
+    """U = G W G^T for every filter, as (a*a, K, C).
+
+    Read-only weights (the session marks initializers read-only) are packed once and the
+    result kept while W lives; weights computed at run time are packed at every call."""
     key = (id(W), m)
     hit = _packed.get(key)
-    if hit is not None and hit[0] is W:
-        return hit[1]
+    if hit is not None:
+        return hit
     _, G, _ = F[m]
     a = m + 2
     U = np.einsum("xi,kcij,yj->xykc", G, W.astype(np.float64), G).reshape(a * a, *W.shape[:2])
     U = np.ascontiguousarray(U.astype(W.dtype))
-    _packed[key] = (W, U)
+    if not W.flags.writeable:
+        _packed[key] = U
+        weakref.finalize(W, _packed.pop, key, None)
     return U
 
 

@@ -61,6 +61,7 @@ class Executor:
     constants: dict              # initializers: name -> array, never freed
     output_names: list
     arena: np.ndarray | None = None
+    _constant_bases: set | None = None
 
     def run(self, feeds: dict) -> dict:
         env = dict(self.constants)
@@ -73,11 +74,22 @@ class Executor:
                     env[name] = value
             for name in step.frees:
                 env.pop(name, None)
-        return {n: self._owned(env[n]) for n in self.output_names}
+        held = self._held_bases() | {id(_root(a)) for a in feeds.values() if isinstance(a, np.ndarray)}
+        return {n: self._owned(env[n], held) for n in self.output_names}
 
-    def _owned(self, value: np.ndarray) -> np.ndarray:
-        """Outputs never point into the arena: the next run would overwrite them."""
-        if self.arena is not None and isinstance(value, np.ndarray) and np.may_share_memory(value, self.arena):
+    def _held_bases(self) -> set:
+        if self._constant_bases is None:
+            self._constant_bases = {id(_root(a)) for a in self.constants.values() if isinstance(a, np.ndarray)}
+        return self._constant_bases
+
+    def _owned(self, value, held: set):
+        """Outputs are the caller's own, as onnxruntime's are: never a view of the arena (the next
+        run overwrites it), of an initializer (writing into it would change the model) or of a feed."""
+        if isinstance(value, list):
+            return [self._owned(v, held) for v in value]
+        if not isinstance(value, np.ndarray):
+            return value
+        if (self.arena is not None and np.may_share_memory(value, self.arena)) or id(_root(value)) in held:
             return value.copy()
         return value
 
@@ -92,9 +104,16 @@ class Executor:
         for i in step.unplanned:
             # a view of a planned input (np.split, a kernel returning its input) that the plan
             # does not know about would be overwritten when the input's bytes are reused: copy it
-            if i < len(outs) and isinstance(outs[i], np.ndarray) and np.may_share_memory(outs[i], self.arena):
-                outs[i] = outs[i].copy()
+            if i < len(outs):
+                outs[i] = self._detached(outs[i])
         return outs
+
+    def _detached(self, value):
+        if isinstance(value, list):              # a sequence: each element may be a view
+            return [self._detached(v) for v in value]
+        if isinstance(value, np.ndarray) and np.may_share_memory(value, self.arena):
+            return value.copy()
+        return value
 
     def call_kernel(self, step: Step, args: list):
         kwargs = step.kwargs
@@ -106,8 +125,25 @@ class Executor:
         return step.kernel.fn(*args, **kwargs)
 
 
+def _root(a: np.ndarray):
+    """The object that owns a's memory (numpy collapses view chains, but a base may be a buffer)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def describe_value(a) -> str:
+    if a is None:
+        return "None"
+    if isinstance(a, list):
+        return f"sequence of {len(a)}" + (f" {describe_value(a[0])}" if a else "")
+    if isinstance(a, np.ndarray):
+        return f"{a.dtype}{list(a.shape)}"
+    return type(a).__name__
+
+
 def describe(step: Step, args: list) -> str:
-    shapes = ", ".join("None" if a is None else f"{getattr(a, 'dtype', '?')}{list(np.shape(a))}" for a in args)
+    shapes = ", ".join(describe_value(a) for a in args)
     return f"node {step.node.name!r} ({step.node.qualified_op}, kernel {step.kernel.name}) on inputs ({shapes})"
 
 

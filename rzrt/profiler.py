@@ -36,12 +36,17 @@ class ProfilingExecutor(Executor):
         self.sink["nodes"].append({
             "run": self._run, "node": step.node.name, "op": step.node.qualified_op,
             "start_us": start / 1e3, "dur_us": (end - start) / 1e3,
-            "inputs": [list(np.shape(a)) if a is not None else None for a in args],
-            "outputs": [list(o.shape) for o in outs],
-            "flops": node_flops(step.node.op_type, [np.shape(a) if a is not None else None for a in args],
-                                [o.shape for o in outs], step.kwargs),
+            "inputs": [_shape(a) for a in args],
+            "outputs": [_shape(o) for o in outs],
+            "flops": node_flops(step.node.op_type, [_shape(a) for a in args], [_shape(o) for o in outs],
+                                step.kwargs),
         })
         return outs
+
+
+def _shape(value):
+    """A tensor's shape as a list; None for sequences (lists) and empty optionals."""
+    return list(value.shape) if isinstance(value, np.ndarray) else None
 
 
 # --- FLOPs ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,7 @@ class InferenceSession:
         self._records = {"nodes": [], "runs": []}
         self.threads = threads
         self._limit = _thread_limiter(threads)
+        self._lock = threading.RLock()
 
     def _load(self, path_or_bytes, level):
         from rzrt.passes.pipeline import optimize
@@ -70,6 +72,9 @@ class InferenceSession:
         self.pass_report = optimize(self.graph, level)
         self.level = level
         self._steps = bind_kernels(self.graph)
+        for a in self.graph.initializers.values():   # weights are constants: kernels may cache what they derive
+            if isinstance(a, np.ndarray):
+                a.setflags(write=False)
         last_uses(self._steps, keep=self.graph.output_names)
 
     # --- onnxruntime's API -----------------------------------------------------------
@@ -87,10 +92,11 @@ class InferenceSession:
         del run_options
         feeds = self._check_feed(input_feed)
         names = self._check_output_names(output_names)
-        ex = self._executor_for(feeds)
-        parallel.set_threads(self.threads)
-        with self._limit():
-            results = ex.run(feeds)
+        with self._lock:      # one arena per input signature: runs from several threads take turns
+            ex = self._executor_for(feeds)
+            parallel.set_threads(self.threads)
+            with self._limit():
+                results = ex.run(feeds)
         return [results[n] for n in names]
 
     def profile(self) -> dict:
@@ -112,11 +118,12 @@ class InferenceSession:
         return dict(self._planned(input_shapes).shapes)
 
     def _planned(self, input_shapes):
-        if input_shapes is None and self._runs:
-            return next(reversed(self._runs.values()))
-        feeds = {v.name: np.empty(tuple((input_shapes or {}).get(v.name) or _default_shape(v)), v.dtype)
-                 for v in self.graph.inputs}
-        return self._executor_for(feeds)
+        with self._lock:
+            if input_shapes is None and self._runs:
+                return next(reversed(self._runs.values()))
+            feeds = {v.name: np.empty(tuple((input_shapes or {}).get(v.name) or _default_shape(v)), v.dtype)
+                     for v in self.graph.inputs}
+            return self._executor_for(feeds)
 
     # --- planning --------------------------------------------------------------------
     def _executor_for(self, feeds: dict) -> Executor:
@@ -251,7 +258,10 @@ def memory_requests(steps, shapes: dict, graph: Graph):
         ins = [shapes.get(n) if n else None for n in s.inputs]
         attrs = {a: v for a, v in s.kwargs.items() if not a.startswith("_")}
         if k.scratch is not None and k.takes_scratch and all(x is not None for n, x in zip(s.inputs, ins) if n):
-            nbytes = k.scratch(*ins, **attrs)
+            try:
+                nbytes = k.scratch(*ins, **attrs)
+            except Exception:     # inputs the kernel cannot take: it raises its own error when it runs
+                nbytes = 0
             if nbytes:
                 add(scratch_name(s), nbytes, i, i)
         for j, name in enumerate(s.outputs):
@@ -259,7 +269,8 @@ def memory_requests(steps, shapes: dict, graph: Graph):
                 continue
             info = shapes.get(name)
             # planned: the kernel writes into out=, or returns an array the executor copies into it
-            single = (k.takes_out or k.shape is not None) and len(s.outputs) == 1 and info is not None
+            single = (k.takes_out or k.shape is not None) and len(s.outputs) == 1 and info is not None \
+                and not np.dtype(info[1]).hasobject     # strings live in Python objects, not the arena
             if name in keep:
                 if single:
                     specs[name] = info

@@ -323,7 +323,8 @@ def test_winograd_convolution(xs, m):
     from rzrt.ops.fused import FusedConv
     w = rand(36, xs[1], 3, 3)
     attrs = dict(pads=[1, 1, 1, 1])
-    assert winograd.tile_size(xs, w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET") == m
+    assert winograd.tile_size(xs, w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET", np.float32) == m
+    assert winograd.tile_size(xs, w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET", np.float16) == 0
     x, b = rand(*xs), rand(36)
     model = single_node_model("Conv", {"X": x, "W": w, "B": b}, attrs)
     want = ReferenceEvaluator(model).run(None, {"X": x, "W": w, "B": b})[0]

@@ -1,0 +1,162 @@
+"""Bugs found in review, each pinned by a model that failed before its fix; onnxruntime is the oracle."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as TP, helper as h, numpy_helper
+
+import rzrt
+
+rng = np.random.default_rng(7)
+
+
+def f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def model(nodes, inputs, outputs, inits=None, opset=17):
+    g = h.make_graph(nodes, "g", inputs, outputs,
+                     initializer=[numpy_helper.from_array(v, k) for k, v in (inits or {}).items()])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def vi(name, shape, dt=TP.FLOAT):
+    return h.make_tensor_value_info(name, dt, shape)
+
+
+def oracle(m, feeds):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def agree(m, feeds, levels=(0, 1, 2), runs=2):
+    want = oracle(m, feeds)
+    for level in levels:
+        for plan in (True, False):
+            s = rzrt.InferenceSession(m, level=level, memory_plan=plan)
+            for _ in range(runs):
+                got = s.run(None, {k: v.copy() for k, v in feeds.items()})
+                for w, g in zip(want, got):
+                    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f"level {level} plan {plan}")
+
+
+def test_sequence_of_arena_views_is_copied():
+    """SplitToSequence returns views of a planned value whose bytes are reused before SequenceAt reads them."""
+    m = model([h.make_node("Exp", ["x"], ["a"]),
+               h.make_node("SplitToSequence", ["a", "sp"], ["seq"], axis=0),
+               h.make_node("Neg", ["x"], ["b"]), h.make_node("Exp", ["b"], ["c"]),
+               h.make_node("SequenceAt", ["seq", "i"], ["s1"]),
+               h.make_node("ReduceSum", ["c"], ["cs"], keepdims=0), h.make_node("Add", ["s1", "cs"], ["y"])],
+              [vi("x", [4, 6])], [vi("y", None)], {"sp": np.array([2, 2], np.int64), "i": np.array(1, np.int64)})
+    agree(m, {"x": f32(4, 6)})
+
+
+def test_runtime_weights_are_not_served_stale_winograd_filters():
+    """A Conv whose weights are computed at run time (here W * s) must see this run's weights."""
+    m = model([h.make_node("Mul", ["W", "s"], ["Ws"]), h.make_node("Conv", ["x", "Ws"], ["y"], pads=[1, 1, 1, 1])],
+              [vi("x", [1, 32, 8, 8]), vi("s", [1])], [vi("y", None)], {"W": f32(32, 32, 3, 3)})
+    s = rzrt.InferenceSession(m, level=0)
+    x = f32(1, 32, 8, 8)
+    for scale in (1.0, 2.0, -3.0):
+        feeds = {"x": x, "s": np.array([scale], np.float32)}
+        np.testing.assert_allclose(s.run(None, feeds)[0], oracle(m, feeds)[0], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_outputs_are_the_callers_own(level):
+    """Writing into an output must not change the model: outputs that are initializers (after
+    constant folding) or views of a feed are copies, as in onnxruntime."""
+    m = model([h.make_node("Add", ["c", "c"], ["y"]), h.make_node("Reshape", ["x", "shape"], ["z"])],
+              [vi("x", [2, 3])], [vi("y", None), vi("z", None)],
+              {"c": f32(3), "shape": np.array([6], np.int64)})
+    s = rzrt.InferenceSession(m, level=level)
+    x = f32(2, 3)
+    y, z = s.run(None, {"x": x})
+    first = y.copy()
+    y[:] = 99
+    assert not np.shares_memory(z, x)
+    np.testing.assert_array_equal(s.run(None, {"x": x})[0], first)
+
+
+def test_concurrent_runs_on_one_session():
+    """Several threads calling run() on one session (onnxruntime allows it) get their own results."""
+    W = (f32(16, 16, 3, 3) * 0.1).astype(np.float32)
+    nodes, prev = [], "x"
+    for i in range(4):
+        nodes += [h.make_node("Conv", [prev, "W"], [f"c{i}"], pads=[1, 1, 1, 1]), h.make_node("Tanh", [f"c{i}"], [f"t{i}"])]
+        prev = f"t{i}"
+    m = model(nodes, [vi("x", [1, 16, 16, 16])], [vi(prev, None)], {"W": W})
+    xs = [f32(1, 16, 16, 16) for _ in range(4)]
+    want = [oracle(m, {"x": x})[0] for x in xs]
+    s = rzrt.InferenceSession(m)
+    errors = []
+
+    def job(k):
+        for _ in range(5):
+            errors.append(float(np.abs(s.run(None, {"x": xs[k]})[0] - want[k]).max()))
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 20 and max(errors) < 1e-4
+
+
+def test_average_pool_same_padding_counts_pads():
+    m = model([h.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                           auto_pad="SAME_UPPER", count_include_pad=1)],
+              [vi("x", [1, 2, 6, 7])], [vi("y", None)])
+    agree(m, {"x": f32(1, 2, 6, 7)})
+
+
+def test_conv_add_whose_residual_broadcasts_the_output_up():
+    m = model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1]), h.make_node("Add", ["y", "r"], ["z"])],
+              [vi("x", [1, 3, 6, 6]), vi("r", [2, 4, 6, 6])], [vi("z", None)], {"W": f32(4, 3, 3, 3)})
+    agree(m, {"x": f32(1, 3, 6, 6), "r": f32(2, 4, 6, 6)})
+
+
+def test_string_tensors_stay_out_of_the_arena():
+    m = model([h.make_node("Concat", ["a", "b"], ["c"], axis=0), h.make_node("Identity", ["c"], ["d"]),
+               h.make_node("Concat", ["d", "a"], ["y"], axis=0)],
+              [vi("a", [2], TP.STRING), vi("b", [1], TP.STRING)], [vi("y", None, TP.STRING)])
+    a, b = np.array(["x", "y"], dtype=object), np.array(["z"], dtype=object)
+    for plan in (True, False):
+        got = rzrt.InferenceSession(m, level=0, memory_plan=plan).run(None, {"a": a, "b": b})[0]
+        assert got.tolist() == ["x", "y", "z", "x", "y"]
+
+
+def test_input_smaller_than_the_kernel_is_a_clear_error():
+    m = model([h.make_node("Conv", ["x", "W"], ["y"])], [vi("x", [1, 3, "H", "W"])], [vi("y", None)],
+              {"W": np.ones((4, 3, 3, 3), np.float32)})
+    with pytest.raises(rzrt.KernelError, match="smaller than the kernel"):
+        rzrt.InferenceSession(m).run(None, {"x": np.ones((1, 3, 2, 2), np.float32)})
+
+
+def test_sequences_in_errors_and_profiles():
+    m = model([h.make_node("SplitToSequence", ["x", "sp"], ["seq"], axis=0), h.make_node("SequenceAt", ["seq", "i"], ["y"])],
+              [vi("x", [5, 3]), vi("i", [], TP.INT64)], [vi("y", None)], {"sp": np.array([2, 3], np.int64)})
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)
+    s = rzrt.InferenceSession(m, level=0, profile=True)
+    np.testing.assert_array_equal(s.run(None, {"x": x, "i": np.array(1, np.int64)})[0], x[2:])
+    assert [r["outputs"] for r in s.profile()["nodes"]] == [[None], [[3, 3]]]
+    with pytest.raises(rzrt.KernelError, match=r"sequence of 2 float32\[2, 3\].*out of range"):
+        s.run(None, {"x": x, "i": np.array(7, np.int64)})
+
+
+def test_float16_convolution_skips_winograd():
+    """F(4x4, 3x3)'s transforms lose too many bits in float16: im2col keeps the error at float16's level."""
+    x, W = f32(1, 32, 8, 8), f32(32, 32, 3, 3) * 0.1
+    m = model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
+              [vi("x", [1, 32, 8, 8], TP.FLOAT16)], [vi("y", None, TP.FLOAT16)], {"W": W.astype(np.float16)})
+    got = rzrt.InferenceSession(m).run(None, {"x": x.astype(np.float16)})[0].astype(np.float32)
+    want = oracle(model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
+                        [vi("x", [1, 32, 8, 8])], [vi("y", None)], {"W": W.astype(np.float16).astype(np.float32)}),
+                  {"x": x.astype(np.float16).astype(np.float32)})[0]
+    assert np.abs(got - want).max() / np.abs(want).max() < 2e-3
