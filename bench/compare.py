@@ -5,8 +5,10 @@
 
 For each case: the median latency of each runtime over --runs runs (after warm-up), run one
 after the other in every round so load on the machine hits all alike, and rzrt/onnxruntime.
-onnxruntime runs interleaved with spinning off (its idle threads would otherwise busy-wait on
-the cores the next runtime needs); "ort solo" is onnxruntime alone with its defaults, its best case.
+onnxruntime runs interleaved with spinning off and torch with OMP_WAIT_POLICY=PASSIVE (idle
+threads would otherwise busy-wait on the cores the next runtime needs; numpy's OpenBLAS has no
+such switch, so its threads may still slow the runtime after rzrt); "ort solo" is onnxruntime
+alone with its defaults, its best case.
 Then peak memory (max RSS) of each runtime, each measured alone in a fresh process that
 loads the model and runs it a few times. Models are exported with random weights (seed 0);
 speed does not depend on the weights.
@@ -23,6 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# torch's OpenMP threads busy-wait after each run, on the cores the next runtime in the round
+# needs; passive waiting gives every runtime the courtesy onnxruntime gets (spinning off, below)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))

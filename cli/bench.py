@@ -17,7 +17,9 @@ LADDER = [
     ("+ graph passes (BN folding, fusions)", dict(level=2, memory_plan=False, threads=1, winograd=False)),
     ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1, winograd=False)),
     ("+ Winograd for 3x3 convolutions", dict(level=2, memory_plan=True, threads=1, winograd=True)),
-    ("+ all threads", dict(level=2, memory_plan=True, threads=None, winograd=True)),
+    ("+ BLAS on all cores", dict(level=2, memory_plan=True, threads=None, winograd=True)),
+    ("+ non-BLAS work split across threads (off: slower)", dict(level=2, memory_plan=True, threads=None, winograd=True,
+                                                                split=True)),
 ]
 
 
@@ -120,11 +122,12 @@ def _peer_backend(name: str, model: str):
 def _ladder(model, batch, runs, warmup):
     click.echo(f"{Path(model).name}: optimisation ladder at batch {batch}, median of {runs} runs after {warmup} warm-up")
     click.echo(f"{'step':<50}{'p50 ms':>10}{'step gain':>11}{'total gain':>12}")
-    from rzrt.ops import conv
+    from rzrt.ops import conv, parallel
     first = prev = None
     for label, kw in LADDER:
         kw = dict(kw)
         conv.WINOGRAD = kw.pop("winograd")
+        parallel.SPLIT = kw.pop("split", False)
         sess = open_session(model, **kw)
         feeds = example_feeds(sess, batch=batch)
         ms = []
@@ -138,4 +141,4 @@ def _ladder(model, batch, runs, warmup):
         gain = f"{prev / p50:.2f}x" if prev else ""
         click.echo(f"{label:<50}{p50:>10.2f}{gain:>11}{first / p50:>11.2f}x")
         prev = p50
-    conv.WINOGRAD = True
+    conv.WINOGRAD, parallel.SPLIT = True, False

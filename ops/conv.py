@@ -58,9 +58,11 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     k, s, d, pb, pe, osp = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
     size = np.dtype(dt).itemsize
     pieces = []
+    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad, dt) if WINOGRAD else 0
+    if wm:
+        pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(xs, wm)))
     if any(pb) or any(pe):
         pieces.append((xs[:2] + tuple(n + b + e for n, b, e in zip(xs[2:], pb, pe)), size))
-    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad, dt) if WINOGRAD else 0
     if _is_depthwise(xs[1], ws[0], group, ws):
         pieces.append(((xs[0], ws[0]) + osp, size))
     elif wm:
@@ -87,14 +89,16 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     k, s, d, pb, pe, osp = conv_geometry(X.shape, W.shape, kernel_shape, strides, dilations, pads, auto_pad)
     Y = out if out is not None else np.empty((n, m) + osp, dtype=np.result_type(X, W))
     mem = Carver(scratch)
+    wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
+                            X.dtype) if WINOGRAD else 0
+    if wm:                                         # zeros below and right up to whole tiles
+        pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(X.shape, wm)))
     Xp = X
     if any(pb) or any(pe):
         Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
                                          X.dtype))
     if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
         Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
-    wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
-                            X.dtype) if WINOGRAD else 0
     if _is_depthwise(c, m, group, W.shape):
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
         for i in range(n):
@@ -108,17 +112,24 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
 
 
 def _finish(y, B, Z, act, i, cols):
-    """The epilogue on one band y (G, M/G, columns) of image i: y = act(y + B + Z[i])."""
+    """The epilogue on one band y (G, M/G, columns) of image i: y = act(y + B + Z[i]),
+    the channels shared among the threads."""
+    if B is None and Z is None and act is None:
+        return
     g, mg = y.shape[:2]
-    if B is not None:
-        y += B.reshape(g, mg, 1)
-    if Z is not None:
-        y += Z[i].reshape(g, mg, -1)[:, :, cols]
-    if act is not None:
-        act(y)
+
+    def channels(lo, hi):
+        part = y[:, lo:hi]
+        if B is not None:
+            part += B.reshape(g, mg, 1)[:, lo:hi]
+        if Z is not None:
+            part += Z[i].reshape(g, mg, -1)[:, lo:hi, cols]
+        if act is not None:
+            act(part)
+    split(channels, mg, y.size)
 
 
-OUT_BYTES = 1 << 20    # a 1x1 convolution's output band: small enough to stay in cache for the epilogue
+OUT_BYTES = 1 << 30    # a 1x1 convolution's output band (whole images: one big GEMM beats cache-sized bands here)
 
 
 def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):

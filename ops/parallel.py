@@ -3,6 +3,12 @@
 numpy releases the GIL inside its copy and ufunc loops, so two threads copying two halves of
 an array really run at once. Kernels call `split(fn, n)`: fn(lo, hi) over [0, n) in chunks,
 one per thread. The session sets the thread count for its runs (InferenceSession(threads=)).
+
+Off by default (SPLIT = False), because it does not pay on the 2-core machines we measure on:
+after each GEMM, OpenBLAS's worker threads keep spinning on the cores for a while, and a second
+Python thread doing the im2col copy or the epilogue competes with them. Interleaved A/B in one
+process (same input): ResNet-50 62.9 vs 65.1 ms at batch 1, 387 vs 408 ms at batch 8,
+MobileNetV2 19.7 vs 21.7 ms with SPLIT off vs on. `rzrt bench --ladder` shows it as its own step.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 _threads = os.cpu_count() or 1
 _pool: ThreadPoolExecutor | None = None
 MIN_WORK = 1 << 16          # elements below which a split costs more than it saves
+SPLIT = False               # see above: measured slower on 2 cores, so off
 
 
 def set_threads(n: int | None) -> None:
@@ -26,7 +33,7 @@ def threads() -> int:
 def split(fn, n: int, work: int | None = None) -> None:
     """fn(lo, hi) for contiguous chunks covering range(n), in parallel when it pays."""
     global _pool
-    k = min(_threads, n)
+    k = min(_threads, n) if SPLIT else 1
     if k <= 1 or (work is not None and work < MIN_WORK):
         fn(0, n)
         return

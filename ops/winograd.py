@@ -30,7 +30,9 @@ F = {
         np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], np.float64),
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
 }
-TILES = 128        # tiles per chunk
+TILES = 256        # tiles per chunk
+MIN_TILES = 32     # fewer tiles than this (a small map at batch 1): the GEMMs are too thin, and the packed
+                   # filters, (m+2)^2/9 times the weights, cost more to stream from memory than they save
 _packed: dict = {}
 
 
@@ -44,11 +46,21 @@ def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, a
         return 0
     if tuple(pads or (0, 0, 0, 0)) != (1, 1, 1, 1) or w_shape[1] < 32 or w_shape[0] < 32:
         return 0
-    h, w = x_shape[2:]
+    n, _, h, w = x_shape
+    best, gain = 0, 1.5                  # Winograd must cut the multiplications by at least this much
     for m in (4, 2):
-        if h % m == 0 and w % m == 0 and h >= 2 * m:
-            return m
-    return 0
+        th, tw = -(-h // m), -(-w // m)  # tiles; a partial last tile computes a few outputs for nothing
+        if th < 2 or tw < 2 or n * th * tw < MIN_TILES:
+            continue
+        g = 9 * h * w / ((m + 2) ** 2 * th * tw)   # multiplications: im2col's over Winograd's
+        if g > gain:
+            best, gain = m, g
+    return best
+
+
+def extra_pad(x_shape, m) -> tuple:
+    """Zeros to add below and right of the input so that whole m x m tiles cover the output."""
+    return tuple(-(-d // m) * m - d for d in x_shape[2:])
 
 
 def pack(W: np.ndarray, m: int) -> np.ndarray:
@@ -70,18 +82,33 @@ def pack(W: np.ndarray, m: int) -> np.ndarray:
     return U
 
 
-def band_rows(n_tiles_row: int) -> int:
-    """Tile rows per chunk: about TILES tiles."""
-    return max(1, TILES // max(n_tiles_row, 1))
+def chunks(n: int, th: int, tw: int) -> list:
+    """(first image, last image + 1, first tile row, last tile row + 1) per chunk of about TILES
+    tiles: bands of tile rows of one image, or whole images together when an image has fewer
+    tiles (batch > 1 on 14x14 or 7x7 maps: one GEMM over several images instead of small ones)."""
+    per_image = th * tw
+    if per_image >= TILES or n == 1:
+        rows = min(th, max(1, TILES // max(tw, 1)))
+        return [(i, i + 1, t0, min(th, t0 + rows)) for i in range(n) for t0 in range(0, th, rows)]
+    imgs = max(1, TILES // per_image)
+    return [(i0, min(n, i0 + imgs), 0, th) for i0 in range(0, n, imgs)]
+
+
+def chunk_tiles(n: int, th: int, tw: int) -> int:
+    return max((i1 - i0) * (t1 - t0) * tw for i0, i1, t0, t1 in chunks(n, th, tw))
 
 
 def scratch_pieces(x_shape, w_shape, m, itemsize) -> list:
     """Scratch for one chunk: the input tiles, V, the products and the two output-transform stages."""
-    _, c, h, w = x_shape
+    n, c, h, w = x_shape
     k, a = w_shape[0], m + 2
-    q = min(band_rows(w // m), h // m) * (w // m)
-    return [((max(a * a * c, m * a * k) * q,), itemsize), ((max(a * a * c, m * m * k) * q,), itemsize),
-            ((a * a, k, q), itemsize)]
+    th, tw = -(-h // m), -(-w // m)
+    q = chunk_tiles(n, th, tw)
+    pieces = [((max(a * a * c, m * a * k) * q,), itemsize), ((max(a * a * c, m * m * k) * q,), itemsize),
+              ((a * a, k, q), itemsize)]
+    if any(extra_pad(x_shape, m)):     # partial tiles: the output is computed whole, then cropped
+        pieces.append(((n, k, th * m, tw * m), itemsize))
+    return pieces
 
 
 def conv3x3(Xp, W, m, Y, mem, finish):
@@ -91,36 +118,38 @@ def conv3x3(Xp, W, m, Y, mem, finish):
     a = m + 2
     n, c = Xp.shape[:2]
     k = W.shape[0]
-    th, tw = (Xp.shape[2] - 2) // m, (Xp.shape[3] - 2) // m
-    width = tw * m
+    th, tw = (Xp.shape[2] - 2) // m, (Xp.shape[3] - 2) // m      # Xp is padded to whole tiles
+    height, width = Y.shape[2:]
     U = pack(W, m)
-    xs, ys = Xp.strides, Y.strides
+    Yt = Y if (th * m, tw * m) == (height, width) else mem.take((n, k, th * m, tw * m), Y.dtype)
+    xs, ys = Xp.strides, Yt.strides
     # tiles[i, j, c, n, ty, tx] = Xp[n, c, ty*m + i, tx*m + j]: overlapping a x a windows (a view)
     tiles = as_strided(Xp, (a, a, c, n, th, tw), (xs[2], xs[3], xs[1], xs[0], xs[2] * m, xs[3] * m))
     # out_tiles[r, s, k, n, ty, tx] = Y[n, k, ty*m + r, tx*m + s]
-    out_tiles = as_strided(Y, (m, m, k, n, th, tw), (ys[2], ys[3], ys[1], ys[0], ys[2] * m, ys[3] * m))
-    rows = min(band_rows(tw), th)
-    q_max = rows * tw
+    out_tiles = as_strided(Yt, (m, m, k, n, th, tw), (ys[2], ys[3], ys[1], ys[0], ys[2] * m, ys[3] * m))
+    q_max = chunk_tiles(n, th, tw)
     # three buffers: the output transform reuses the input transform's, which are free by then
     buf_d = mem.take((max(a * a * c, m * a * k) * q_max,), Xp.dtype)
     buf_v = mem.take((max(a * a * c, m * m * k) * q_max,), Xp.dtype)
     prod_ = mem.take((a * a, k, q_max), Xp.dtype)
-    for i in range(n):
-        for t0 in range(0, th, rows):
-            t1 = min(th, t0 + rows)
-            q = (t1 - t0) * tw
-            dd, vv = buf_d[:a * a * c * q].reshape(a * a, c, q), buf_v[:a * a * c * q].reshape(a * a, c, q)
-            mm = prod_[:, :, :q]
-            rr1, rr2 = buf_d[:m * a * k * q].reshape(m, a, k * q), buf_v[:m * m * k * q].reshape(m, m, k * q)
-            np.copyto(dd.reshape(a, a, c, t1 - t0, tw), tiles[:, :, :, i, t0:t1])
-            # V = B^T d B: over the tile rows, then over the tile columns
-            np.matmul(BT, dd.reshape(a, a * c * q), out=vv.reshape(a, a * c * q))
-            for x in range(a):
-                np.matmul(BT, vv.reshape(a, a, c * q)[x], out=dd.reshape(a, a, c * q)[x])
-            np.matmul(U, dd, out=mm)              # the channel sums: one GEMM per tile position
-            # Y = A^T M A
-            np.matmul(AT, mm.reshape(a, a * k * q), out=rr1.reshape(m, a * k * q))
-            for r in range(m):
-                np.matmul(AT, rr1[r], out=rr2[r])
-            np.copyto(out_tiles[:, :, :, i, t0:t1], rr2.reshape(m, m, k, t1 - t0, tw))
-            finish(i, slice(t0 * m * width, t1 * m * width))
+    for i0, i1, t0, t1 in chunks(n, th, tw):
+        q = (i1 - i0) * (t1 - t0) * tw
+        dd, vv = buf_d[:a * a * c * q].reshape(a * a, c, q), buf_v[:a * a * c * q].reshape(a * a, c, q)
+        mm = prod_[:, :, :q]
+        rr1, rr2 = buf_d[:m * a * k * q].reshape(m, a, k * q), buf_v[:m * m * k * q].reshape(m, m, k * q)
+        np.copyto(dd.reshape(a, a, c, i1 - i0, t1 - t0, tw), tiles[:, :, :, i0:i1, t0:t1])
+        # V = B^T d B: over the tile rows, then over the tile columns
+        np.matmul(BT, dd.reshape(a, a * c * q), out=vv.reshape(a, a * c * q))
+        for x in range(a):
+            np.matmul(BT, vv.reshape(a, a, c * q)[x], out=dd.reshape(a, a, c * q)[x])
+        np.matmul(U, dd, out=mm)              # the channel sums: one GEMM per tile position
+        # Y = A^T M A
+        np.matmul(AT, mm.reshape(a, a * k * q), out=rr1.reshape(m, a * k * q))
+        for r in range(m):
+            np.matmul(AT, rr1[r], out=rr2[r])
+        np.copyto(out_tiles[:, :, :, i0:i1, t0:t1], rr2.reshape(m, m, k, i1 - i0, t1 - t0, tw))
+        r0, r1 = t0 * m, min(height, t1 * m)
+        if Yt is not Y:
+            np.copyto(Y[i0:i1, :, r0:r1], Yt[i0:i1, :, r0:r1, :width])
+        for i in range(i0, i1):
+            finish(i, slice(r0 * width, r1 * width))

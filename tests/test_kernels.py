@@ -316,15 +316,19 @@ def test_fused_conv_is_conv_plus_residual_plus_activation(xs, ws, attrs, z_shape
     np.testing.assert_allclose(clip, np.clip(y + (0 if z is None else z), -0.5, 0.5), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("xs,m", [((2, 32, 16, 12), 4), ((1, 48, 14, 14), 2), ((1, 32, 20, 8), 4), ((2, 40, 6, 10), 2)])
+@pytest.mark.parametrize("xs,m", [((2, 32, 16, 16), 4), ((1, 48, 14, 14), 2), ((2, 32, 14, 18), 4), ((1, 40, 13, 11), 2),
+                                  ((8, 32, 7, 7), 4), ((3, 32, 5, 9), 2)])
 def test_winograd_convolution(xs, m):
-    """3x3 stride-1 pad-1 convolutions go through Winograd F(m x m, 3 x 3): same result as im2col."""
+    """3x3 stride-1 pad-1 convolutions go through Winograd F(m x m, 3 x 3), partial tiles at the
+    bottom and right included: same result as im2col."""
     from rzrt.ops import conv as C, winograd
     from rzrt.ops.fused import FusedConv
     w = rand(36, xs[1], 3, 3)
     attrs = dict(pads=[1, 1, 1, 1])
     assert winograd.tile_size(xs, w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET", np.float32) == m
     assert winograd.tile_size(xs, w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET", np.float16) == 0
+    assert winograd.tile_size((1,) + xs[1:2] + (7, 7), w.shape, 1, None, None, None, [1, 1, 1, 1], "NOTSET",
+                              np.float32) == 0     # 16 tiles at most: too few
     x, b = rand(*xs), rand(36)
     model = single_node_model("Conv", {"X": x, "W": w, "B": b}, attrs)
     want = ReferenceEvaluator(model).run(None, {"X": x, "W": w, "B": b})[0]
@@ -341,3 +345,21 @@ def test_winograd_convolution(xs, m):
     assert rel(got, direct) < 1e-5
     z = rand(*direct.shape)
     assert rel(FusedConv(x, w, b, z, activation="Relu", **attrs), np.maximum(direct + z, 0)) < 1e-5
+
+
+@pytest.mark.parametrize("ws,attrs", [((8, 8, 3, 3), {"strides": [2, 2]}), ((8, 1, 3, 3), {"group": 8}),
+                                      ((8, 8, 1, 1), {}), ((32, 32, 3, 3), {"pads": [1, 1, 1, 1]})])
+def test_conv_split_across_threads(ws, attrs, monkeypatch):
+    """With parallel.SPLIT on (off by default), the im2col copies, depthwise taps and epilogues
+    split across threads give the same result."""
+    from rzrt.ops import parallel
+    from rzrt.ops.fused import FusedConv
+    x, w, b = rand(2, ws[0] if "group" in attrs else ws[1], 40, 40), rand(*ws), rand(ws[0])
+    want = FusedConv(x, w, b, None, activation="Relu", **attrs)
+    monkeypatch.setattr(parallel, "SPLIT", True)
+    parallel.set_threads(2)
+    try:
+        got = FusedConv(x, w, b, None, activation="Relu", **attrs)
+    finally:
+        parallel.set_threads(None)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
