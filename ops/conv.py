@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rzrt.ops import winograd
+from rzrt.ops import depthwise, winograd
 from rzrt.ops.parallel import split
 from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
@@ -57,6 +57,8 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     (xs, dt), (ws, _) = x, w
     k, s, d, pb, pe, osp = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
     size = np.dtype(dt).itemsize
+    if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:
+        return scratch_bytes(*depthwise.scratch_pieces(xs, k, s, d, pb, pe, osp, size))
     pieces = []
     wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad, dt) if WINOGRAD else 0
     if wm:
@@ -89,6 +91,11 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     k, s, d, pb, pe, osp = conv_geometry(X.shape, W.shape, kernel_shape, strides, dilations, pads, auto_pad)
     Y = out if out is not None else np.empty((n, m) + osp, dtype=np.result_type(X, W))
     mem = Carver(scratch)
+    if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
+        Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
+    if _is_depthwise(c, m, group, W.shape) and len(k) == 2:
+        depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem)
+        return Y
     wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
                             X.dtype) if WINOGRAD else 0
     if wm:                                         # zeros below and right up to whole tiles
@@ -97,9 +104,7 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if any(pb) or any(pe):
         Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
                                          X.dtype))
-    if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
-        Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
-    if _is_depthwise(c, m, group, W.shape):
+    if _is_depthwise(c, m, group, W.shape):          # 1-D and 3-D; 2-D went to depthwise.py
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
         for i in range(n):
             _finish(Y[i].reshape(1, m, -1), B, Z, act, i, slice(None))

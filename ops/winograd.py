@@ -30,7 +30,7 @@ F = {
         np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], np.float64),
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
 }
-TILES = 256        # tiles per chunk
+TILES = 128        # tiles per chunk (256 measured slower in the model at batch 8, and a worse plan)
 MIN_TILES = 32     # fewer tiles than this (a small map at batch 1): the GEMMs are too thin, and the packed
                    # filters, (m+2)^2/9 times the weights, cost more to stream from memory than they save
 _packed: dict = {}

@@ -1,0 +1,117 @@
+"""Depthwise 2-D convolution (group == channels, one filter per channel), with no im2col:
+
+    Y[c, o] = sum over taps t of W[c, t] * Xpad[c, o*s + t*d]
+
+One multiply-add per tap over whole channels, on flat rows. numpy is fast on long contiguous
+loops and slow on short ones, so the output is computed on a *wide* grid: each output row runs
+the full width of the (padded) input plane, and the tap (i, j) is then just the plane read at a
+constant flat offset i*width + j, a 1-D view of length rows*width. The columns past the real
+output width are garbage and are cropped when the epilogue writes Y.
+
+A stride s becomes stride 1 by splitting the padded input into s*s phase planes (polyphase):
+P[a, b][r, q] = Xpad[s*r + a, s*q + b], and the tap (i, j) reads phase (i*d % s, j*d % s) at
+offset (i*d // s, j*d // s). Building the phases (or, for stride 1, the padded plane) is the one
+copy of the input; the epilogue (bias, residual, activation) runs on each channel block while it
+is in cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rzrt.ops.window import prod
+
+BLOCK_BYTES = 1 << 19      # the accumulator of one channel block: cache-sized, and long enough per call
+
+
+@dataclass(frozen=True)
+class Layout:
+    phases: tuple           # (a, b) per phase plane
+    rows: int               # rows of a phase plane (one spare, for the flat views' tail)
+    width: int              # columns of a phase plane = the wide output row
+    taps: tuple             # (phase index, flat offset) per tap, in W's (i, j) order
+    out_rows: int
+    out_cols: int
+    block: int              # channels per block
+
+    @property
+    def plane(self) -> int:
+        return self.rows * self.width
+
+    @property
+    def wide(self) -> int:
+        return self.out_rows * self.width
+
+
+def layout(x_shape, k, s, d, pb, pe, osp, acc_itemsize) -> Layout:
+    h, w = x_shape[2:]
+    (kh, kw), (sh, sw), (dh, dw) = k, s, d
+    oh, ow = osp
+    ri, cj = (kh - 1) * dh // sh, (kw - 1) * dw // sw
+    width = max(-(-(w + pb[1] + pe[1]) // sw), ow + cj)
+    rows = max(-(-(h + pb[0] + pe[0]) // sh), oh + ri) + 1
+    phases = tuple((a, b) for a in range(sh) for b in range(sw))
+    taps = tuple((phases.index((i * dh % sh, j * dw % sw)), (i * dh // sh) * width + j * dw // sw)
+                 for i in range(kh) for j in range(kw))
+    block = max(1, BLOCK_BYTES // max(oh * width * acc_itemsize, 1))
+    return Layout(phases, rows, width, taps, oh, ow, block)
+
+
+def scratch_pieces(x_shape, k, s, d, pb, pe, osp, itemsize) -> list:
+    acc = max(itemsize, 4)
+    lay = layout(x_shape, k, s, d, pb, pe, osp, acc)
+    c = x_shape[1]
+    cb = min(c, lay.block)
+    return [((len(lay.phases), c, lay.plane), itemsize), ((cb, lay.wide), acc), ((cb, lay.wide), acc)]
+
+
+def fill_phases(x, planes, lay: Layout, s, pb) -> None:
+    """planes[p] = phase p of the zero-padded image x (C, H, W); borders zeroed, the rest copied."""
+    h, w = x.shape[1:]
+    for p, (a, b) in enumerate(lay.phases):
+        plane = planes[p].reshape(-1, lay.rows, lay.width)
+        r0, q0 = max(0, -(-(pb[0] - a) // s[0])), max(0, -(-(pb[1] - b) // s[1]))   # first rows/cols on x
+        x0, y0 = s[0] * r0 + a - pb[0], s[1] * q0 + b - pb[1]
+        src = x[:, x0::s[0], y0::s[1]]
+        nr, nq = min(src.shape[1], lay.rows - r0), min(src.shape[2], lay.width - q0)
+        plane[:, :r0] = 0
+        plane[:, r0 + nr:] = 0
+        plane[:, r0:r0 + nr, :q0] = 0
+        plane[:, r0:r0 + nr, q0 + nq:] = 0
+        plane[:, r0:r0 + nr, q0:q0 + nq] = src[:, :nr, :nq]
+
+
+def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
+    """Y = act(depthwise(X, W) + B + Z), channel block by channel block."""
+    n, c = X.shape[:2]
+    acc_dtype = np.float32 if Y.dtype.itemsize < 4 else Y.dtype      # half precision adds up in float32
+    lay = layout(X.shape, k, s, d, pb, pe, osp, np.dtype(acc_dtype).itemsize)
+    taps = W.reshape(c, prod(k)).astype(acc_dtype)
+    planes = mem.take((len(lay.phases), c, lay.plane), X.dtype)
+    cb = min(c, lay.block)
+    acc_buf, tmp_buf = mem.take((cb, lay.wide), acc_dtype), mem.take((cb, lay.wide), acc_dtype)
+    L, ow = lay.wide, lay.out_cols
+    for i in range(n):
+        fill_phases(X[i], planes, lay, s, pb)
+        for c0 in range(0, c, cb):
+            c1 = min(c, c0 + cb)
+            acc, tmp = acc_buf[:c1 - c0], tmp_buf[:c1 - c0]
+            for t, (p, off) in enumerate(lay.taps):
+                src = planes[p, c0:c1, off:off + L]
+                w = taps[c0:c1, t:t + 1]
+                if t == 0:
+                    np.multiply(src, w, out=acc)
+                else:
+                    np.multiply(src, w, out=tmp)
+                    acc += tmp
+            wide = acc.reshape(c1 - c0, lay.out_rows, lay.width)[:, :, :ow]      # crop the garbage columns
+            y = Y[i, c0:c1]
+            if B is not None:
+                np.add(wide, B[c0:c1].reshape(-1, 1, 1), out=y)
+            else:
+                np.copyto(y, wide, casting="same_kind")
+            if Z is not None:
+                y += Z[i, c0:c1]
+            if act is not None:
+                act(y)
