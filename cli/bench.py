@@ -1,6 +1,7 @@
 """`rzrt bench MODEL`: latency and throughput per batch size, against onnxruntime, step by step."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ LADDER = [
     ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1, winograd=False)),
     ("+ Winograd for 3x3 convolutions", dict(level=2, memory_plan=True, threads=1, winograd=True)),
     ("+ BLAS on all cores", dict(level=2, memory_plan=True, threads=None, winograd=True)),
-    ("+ non-BLAS work split across threads (off: slower)", dict(level=2, memory_plan=True, threads=None, winograd=True,
+    ("+ non-BLAS work on threads too (off: slower)", dict(level=2, memory_plan=True, threads=None, winograd=True,
                                                                 split=True)),
 ]
 
@@ -69,6 +70,8 @@ def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
     sess = open_session(model, level=level, threads=threads)
     ort = _peer_backend(peer, model) if peer else None
     click.echo(f"{Path(model).name}: level {level}, threads {threads or 'all'}, {runs} runs after {warmup} warm-up")
+    for line in blas_lines():
+        click.echo(line)
     head = f"{'batch':>5}{'mean ms':>10}{'p50':>9}{'p90':>9}{'p99':>9}{'images/s':>10}{'arena':>10}"
     if ort:
         head += f"{peer[:12] + ' ms':>16}{'rzrt/' + peer[:12]:>18}"
@@ -119,8 +122,36 @@ def _peer_backend(name: str, model: str):
     return module.prepare(onnx.load(str(model)), "CPU")
 
 
+def blas_lines() -> list:
+    """What does the GEMMs: numpy's BLAS, its kernels and threads; and a hint when an
+    OPENBLAS_CORETYPE setting holds it below what the CPU can do (it decides most of the speed)."""
+    from threadpoolctl import threadpool_info
+    lines = []
+    for info in threadpool_info():
+        if info.get("user_api") != "blas":
+            continue
+        arch = info.get("architecture")
+        lines.append(f"BLAS: {info.get('internal_api')} {info.get('version') or ''}"
+                     f"{f', {arch} kernels' if arch else ''}, {info.get('num_threads')} threads")
+        forced = os.environ.get("OPENBLAS_CORETYPE")
+        if forced and arch and arch.lower() == forced.lower() and "avx512" not in arch.lower() \
+                and _cpu_has("avx512f") and not arch.lower().startswith(("skylakex", "cooperlake", "sapphire")):
+            lines.append(f"  note: OPENBLAS_CORETYPE={forced} holds numpy's BLAS below this CPU's AVX-512")
+    return lines
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def _ladder(model, batch, runs, warmup):
     click.echo(f"{Path(model).name}: optimisation ladder at batch {batch}, median of {runs} runs after {warmup} warm-up")
+    for line in blas_lines():
+        click.echo(line)
     click.echo(f"{'step':<50}{'p50 ms':>10}{'step gain':>11}{'total gain':>12}")
     from rzrt.ops import conv, parallel
     first = prev = None
