@@ -31,6 +31,8 @@ F = {
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
 }
 TILES = 128        # tiles per chunk (256 measured slower in the model at batch 8, and a worse plan)
+PACKED_MAX_BYTES = 24 << 20   # packed filters are kept for the session: F(4x4) on 512x512 filters would
+                              # keep 38 MB per layer (4x the weights), so such layers take F(2x2) (17 MB)
 MIN_TILES = 32     # fewer tiles than this (a small map at batch 1): the GEMMs are too thin, and the packed
                    # filters, (m+2)^2/9 times the weights, cost more to stream from memory than they save
 _packed: dict = {}
@@ -51,6 +53,8 @@ def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, a
     for m in (4, 2):
         th, tw = -(-h // m), -(-w // m)  # tiles; a partial last tile computes a few outputs for nothing
         if th < 2 or tw < 2 or n * th * tw < MIN_TILES:
+            continue
+        if (m + 2) ** 2 * w_shape[0] * w_shape[1] * np.dtype(dtype).itemsize > PACKED_MAX_BYTES:
             continue
         g = 9 * h * w / ((m + 2) ** 2 * th * tw)   # multiplications: im2col's over Winograd's
         if g > gain:
