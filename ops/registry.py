@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import inspect
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -201,3 +202,22 @@ def registry_scope():
         yield
     finally:
         restore(snap)
+
+
+# --- constants ---------------------------------------------------------------------------
+# Arrays a session owns and never changes (initializers, attribute tensors), marked read-only
+# at load. Kernels may cache what they derive from them (Winograd's packed filters); a read-only
+# array from elsewhere (a user's read-only view of data that changes) is not one of them.
+_CONSTANTS: dict = {}
+
+
+def mark_constant(a) -> None:
+    a.setflags(write=False)
+    key = id(a)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = weakref.ref(a, lambda _, key=key: _CONSTANTS.pop(key, None))
+
+
+def is_constant(a) -> bool:
+    ref = _CONSTANTS.get(id(a))
+    return ref is not None and ref() is a

@@ -20,6 +20,8 @@ import weakref
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from rzrt.ops import registry
+
 F = {
     4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
@@ -70,8 +72,8 @@ def extra_pad(x_shape, m) -> tuple:
 def pack(W: np.ndarray, m: int) -> np.ndarray:
     """U = G W G^T for every filter, as (a*a, K, C).
 
-    Read-only weights (the session marks initializers read-only) are packed once and the
-    result kept while W lives; weights computed at run time are packed at every call."""
+    The session's constant weights (registry.mark_constant: its initializers) are packed once
+    and the result kept while W lives; any other weights are packed at every call."""
     key = (id(W), m)
     hit = _packed.get(key)
     if hit is not None:
@@ -80,7 +82,7 @@ def pack(W: np.ndarray, m: int) -> np.ndarray:
     a = m + 2
     U = np.einsum("xi,kcij,yj->xykc", G, W.astype(np.float64), G).reshape(a * a, *W.shape[:2])
     U = np.ascontiguousarray(U.astype(W.dtype))
-    if not W.flags.writeable:
+    if registry.is_constant(W):
         _packed[key] = U
         weakref.finalize(W, _packed.pop, key, None)
     return U

@@ -75,7 +75,14 @@ class Executor:
             for name in step.frees:
                 env.pop(name, None)
         held = self._held_bases() | {id(_root(a)) for a in feeds.values() if isinstance(a, np.ndarray)}
-        return {n: self._owned(env[n], held) for n in self.output_names}
+        results = {}
+        for n in self.output_names:
+            value = self._owned(env[n], held)
+            if isinstance(value, np.ndarray):
+                if any(isinstance(r, np.ndarray) and np.may_share_memory(value, r) for r in results.values()):
+                    value = value.copy()       # two outputs (y and Identity(y)) are two arrays, as in onnxruntime
+            results[n] = value
+        return results
 
     def _held_bases(self) -> set:
         if self._constant_bases is None:
@@ -84,12 +91,14 @@ class Executor:
 
     def _owned(self, value, held: set):
         """Outputs are the caller's own, as onnxruntime's are: never a view of the arena (the next
-        run overwrites it), of an initializer (writing into it would change the model) or of a feed."""
+        run overwrites it), of an initializer or attribute tensor (writing into it would change the
+        model) or of a feed, and never read-only."""
         if isinstance(value, list):
             return [self._owned(v, held) for v in value]
         if not isinstance(value, np.ndarray):
             return value
-        if (self.arena is not None and np.may_share_memory(value, self.arena)) or id(_root(value)) in held:
+        if (self.arena is not None and np.may_share_memory(value, self.arena)) or id(_root(value)) in held \
+                or not value.flags.writeable:
             return value.copy()
         return value
 

@@ -72,9 +72,10 @@ class InferenceSession:
         self.pass_report = optimize(self.graph, level)
         self.level = level
         self._steps = bind_kernels(self.graph)
-        for a in self.graph.initializers.values():   # weights are constants: kernels may cache what they derive
+        # weights and attribute tensors are constants: read-only, and kernels may cache what they derive
+        for a in [*self.graph.initializers.values(), *(v for s in self._steps for v in s.kwargs.values())]:
             if isinstance(a, np.ndarray):
-                a.setflags(write=False)
+                registry.mark_constant(a)
         last_uses(self._steps, keep=self.graph.output_names)
 
     # --- onnxruntime's API -----------------------------------------------------------

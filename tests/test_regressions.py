@@ -160,3 +160,43 @@ def test_float16_convolution_skips_winograd():
                         [vi("x", [1, 32, 8, 8])], [vi("y", None)], {"W": W.astype(np.float16).astype(np.float32)}),
                   {"x": x.astype(np.float16).astype(np.float32)})[0]
     assert np.abs(got - want).max() / np.abs(want).max() < 2e-3
+
+
+def test_read_only_weights_from_the_caller_are_not_cached():
+    """Only the session's own constants get their Winograd filters cached: a caller's read-only
+    view of data that changes must give this run's result (in this session and a new one)."""
+    m = model([h.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+              [vi("x", [2, 32, 8, 8]), vi("w", [32, 32, 3, 3])], [vi("y", None)])
+    x, base = f32(2, 32, 8, 8), f32(32, 32, 3, 3)
+    w = base.view()
+    w.flags.writeable = False
+    s = rzrt.InferenceSession(m)
+    s.run(None, {"x": x, "w": w})
+    base *= -3
+    for sess in (s, rzrt.InferenceSession(m)):
+        np.testing.assert_allclose(sess.run(None, {"x": x, "w": w})[0], oracle(m, {"x": x, "w": base})[0],
+                                   rtol=1e-4, atol=1e-3)
+
+
+def test_session_weights_are_packed_once():
+    from rzrt.ops import winograd
+    m = model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])], [vi("x", [1, 32, 24, 24])], [vi("y", None)],
+              {"W": f32(32, 32, 3, 3)})
+    s = rzrt.InferenceSession(m, level=0)
+    s.run(None, {"x": f32(1, 32, 24, 24)})
+    W = s.graph.initializers["W"]
+    assert (id(W), 4) in winograd._packed and not W.flags.writeable
+
+
+@pytest.mark.parametrize("level", [0, 2])
+def test_outputs_are_distinct_and_writable(level):
+    """y and Identity(y) as two outputs are two arrays; a Constant's value comes back writable."""
+    c = h.make_tensor("c", TP.FLOAT, [2], [1.0, 2.0])
+    m = model([h.make_node("Relu", ["x"], ["a"]), h.make_node("Identity", ["a"], ["b"]),
+               h.make_node("Constant", [], ["k"], value=c), h.make_node("Identity", ["k"], ["kk"])],
+              [vi("x", [2, 3])], [vi("a", None), vi("b", None), vi("kk", None)])
+    s = rzrt.InferenceSession(m, level=level)
+    a, b, kk = s.run(None, {"x": f32(2, 3)})
+    assert not np.shares_memory(a, b)
+    kk[0] = 99                                            # writable, and the model keeps its constant
+    np.testing.assert_array_equal(s.run(None, {"x": f32(2, 3)})[2], [1.0, 2.0])
