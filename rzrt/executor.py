@@ -61,7 +61,6 @@ class Executor:
     constants: dict              # initializers: name -> array, never freed
     output_names: list
     arena: np.ndarray | None = None
-    _constant_bases: set | None = None
 
     def run(self, feeds: dict) -> dict:
         env = dict(self.constants)
@@ -74,7 +73,7 @@ class Executor:
                     env[name] = value
             for name in step.frees:
                 env.pop(name, None)
-        held = self._held_bases() | {id(_root(a)) for a in feeds.values() if isinstance(a, np.ndarray)}
+        held = {id(_root(a)) for a in feeds.values() if isinstance(a, np.ndarray)}
         results = {}
         for n in self.output_names:
             value = self._owned(env[n], held)
@@ -84,21 +83,16 @@ class Executor:
             results[n] = value
         return results
 
-    def _held_bases(self) -> set:
-        if self._constant_bases is None:
-            self._constant_bases = {id(_root(a)) for a in self.constants.values() if isinstance(a, np.ndarray)}
-        return self._constant_bases
-
     def _owned(self, value, held: set):
         """Outputs are the caller's own, as onnxruntime's are: never a view of the arena (the next
-        run overwrites it), of an initializer or attribute tensor (writing into it would change the
-        model) or of a feed, and never read-only."""
+        run overwrites it) or of a feed, and never read-only. Initializers and attribute tensors are
+        read-only (the session marks them), and so is every view of them: they are copied too."""
         if isinstance(value, list):
             return [self._owned(v, held) for v in value]
         if not isinstance(value, np.ndarray):
             return value
-        if (self.arena is not None and np.may_share_memory(value, self.arena)) or id(_root(value)) in held \
-                or not value.flags.writeable:
+        if not value.flags.writeable or id(_root(value)) in held \
+                or (self.arena is not None and np.may_share_memory(value, self.arena)):
             return value.copy()
         return value
 
