@@ -108,9 +108,11 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
         for i in range(n):
             _finish(Y[i].reshape(1, m, -1), B, Z, act, i, slice(None))
+    elif wm and Z is None:                         # bias and activation on the tiles, in cache
+        winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=lambda t: _finish_tiles(t, B, act))
     elif wm:
         winograd.conv3x3(Xp, W, wm, Y, mem,
-                         lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
+                         finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
     else:
         _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem)
     return Y
@@ -132,6 +134,14 @@ def _finish(y, B, Z, act, i, cols):
         if act is not None:
             act(part)
     split(channels, mg, y.size)
+
+
+def _finish_tiles(t, B, act):
+    """The epilogue on a block t (pixels, M) of channels-last output: t = act(t + B)."""
+    if B is not None:
+        t += B
+    if act is not None:
+        act(t)
 
 
 OUT_BYTES = 1 << 30    # a 1x1 convolution's output band (whole images: one big GEMM beats cache-sized bands here)

@@ -7,11 +7,13 @@ F(m x m, 3 x 3) (Lavin & Gray, 2015):
     V = B^T d B          (each input tile)
     Y = A^T (U . V) A    (. = elementwise over the (m+2)^2 positions, summed over channels)
 
-The channel sum at each of the (m+2)^2 positions is a GEMM: M[p] = U[p] @ V[p], so the
-whole convolution is (m+2)^2 GEMMs of K x C x tiles instead of one of K x 9C x pixels:
+The channel sum at each of the (m+2)^2 positions is a GEMM: M[p] = V[p] @ U[p], with the
+tiles as rows and the channels as columns (channels last), so the whole convolution is
+(m+2)^2 GEMMs of tiles x C x K instead of one of K x 9C x pixels:
 F(4x4, 3x3) does 36 multiplications per 16 outputs where im2col does 144 (4x fewer),
 F(2x2, 3x3) 16 per 4 (2.25x fewer). The transforms are small matrix products over the
-tile axes. Tiles are processed in chunks so the buffers fit the planned scratch.
+tile axes. Tiles are processed in chunks so the buffers fit the planned scratch; bias and
+activation are applied to each chunk's output tiles while they are in cache.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def extra_pad(x_shape, m) -> tuple:
 
 
 def pack(W: np.ndarray, m: int) -> np.ndarray:
-    """U = G W G^T for every filter, as (a*a, K, C).
+    """U = G W G^T for every filter, as (a*a, C, K): the right-hand factor of each V[p] @ U[p].
 
     The session's constant weights (registry.mark_constant: its initializers) are packed once
     and the result kept while W lives; any other weights are packed at every call."""
@@ -80,7 +82,7 @@ def pack(W: np.ndarray, m: int) -> np.ndarray:
         return hit
     _, G, _ = F[m]
     a = m + 2
-    U = np.einsum("xi,kcij,yj->xykc", G, W.astype(np.float64), G).reshape(a * a, *W.shape[:2])
+    U = np.einsum("xi,kcij,yj->xyck", G, W.astype(np.float64), G).reshape(a * a, W.shape[1], W.shape[0])
     U = np.ascontiguousarray(U.astype(W.dtype))
     if registry.is_constant(W):
         _packed[key] = U
@@ -110,52 +112,66 @@ def scratch_pieces(x_shape, w_shape, m, itemsize) -> list:
     k, a = w_shape[0], m + 2
     th, tw = -(-h // m), -(-w // m)
     q = chunk_tiles(n, th, tw)
-    pieces = [((max(a * a * c, m * a * k) * q,), itemsize), ((max(a * a * c, m * m * k) * q,), itemsize),
-              ((a * a, k, q), itemsize)]
-    if any(extra_pad(x_shape, m)):     # partial tiles: the output is computed whole, then cropped
-        pieces.append(((n, k, th * m, tw * m), itemsize))
-    return pieces
+    return [((max(a * a * c, m * a * k) * q,), itemsize), ((max(a * a * c, m * m * k) * q,), itemsize),
+            ((a * a * q * k,), itemsize)]
 
 
-def conv3x3(Xp, W, m, Y, mem, finish):
-    """Y = conv(X, W) from the padded input Xp (pad 1 all round); after each band of output rows
-    of image i is written, finish(i, columns) applies the epilogue to Y[i]'s flat columns."""
+def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None):
+    """Y = conv(X, W) from the padded input Xp (pad 1 all round). epilogue(t) applies bias and
+    activation in place to a block t (pixels, K) of output tiles while it is in cache, before
+    the tiles are written to Y; after each band of output rows of image i is written,
+    finish(i, columns) may apply more to Y[i]'s flat columns (a residual).
+
+    Tiles are laid out channels last, V[p] = (tiles, C) and M[p] = V[p] @ U[p] = (tiles, K): the
+    gather of the overlapping input tiles and the scatter of the output tiles then copy runs of
+    C (or K) elements, where tiles-last layouts copy runs of one tile row (2-14 elements), and
+    numpy's copy loops are slow on short runs."""
     BT, _, AT = (M.astype(Xp.dtype) for M in F[m])
     a = m + 2
     n, c = Xp.shape[:2]
     k = W.shape[0]
     th, tw = (Xp.shape[2] - 2) // m, (Xp.shape[3] - 2) // m      # Xp is padded to whole tiles
     height, width = Y.shape[2:]
-    U = pack(W, m)
-    Yt = Y if (th * m, tw * m) == (height, width) else mem.take((n, k, th * m, tw * m), Y.dtype)
-    xs, ys = Xp.strides, Yt.strides
-    # tiles[i, j, c, n, ty, tx] = Xp[n, c, ty*m + i, tx*m + j]: overlapping a x a windows (a view)
-    tiles = as_strided(Xp, (a, a, c, n, th, tw), (xs[2], xs[3], xs[1], xs[0], xs[2] * m, xs[3] * m))
-    # out_tiles[r, s, k, n, ty, tx] = Y[n, k, ty*m + r, tx*m + s]
-    out_tiles = as_strided(Yt, (m, m, k, n, th, tw), (ys[2], ys[3], ys[1], ys[0], ys[2] * m, ys[3] * m))
+    whole = (th * m, tw * m) == (height, width)
+    U = pack(W, m)                                                 # (a*a, C, K)
+    xs, ys = Xp.strides, Y.strides
+    # tiles[i, j, n, ty, tx, c] = Xp[n, c, ty*m + i, tx*m + j]: overlapping a x a windows (a view)
+    tiles = as_strided(Xp, (a, a, n, th, tw, c), (xs[2], xs[3], xs[0], xs[2] * m, xs[3] * m, xs[1]))
+    # out_tiles[r, s, n, ty, tx, k] = Y[n, k, ty*m + r, tx*m + s] (when whole tiles cover Y)
+    out_tiles = as_strided(Y, (m, m, n, th, tw, k), (ys[2], ys[3], ys[0], ys[2] * m, ys[3] * m, ys[1]))
     q_max = chunk_tiles(n, th, tw)
     # three buffers: the output transform reuses the input transform's, which are free by then
     buf_d = mem.take((max(a * a * c, m * a * k) * q_max,), Xp.dtype)
     buf_v = mem.take((max(a * a * c, m * m * k) * q_max,), Xp.dtype)
-    prod_ = mem.take((a * a, k, q_max), Xp.dtype)
+    prod_ = mem.take((a * a * q_max * k,), Xp.dtype)
     for i0, i1, t0, t1 in chunks(n, th, tw):
-        q = (i1 - i0) * (t1 - t0) * tw
-        dd, vv = buf_d[:a * a * c * q].reshape(a * a, c, q), buf_v[:a * a * c * q].reshape(a * a, c, q)
-        mm = prod_[:, :, :q]
-        rr1, rr2 = buf_d[:m * a * k * q].reshape(m, a, k * q), buf_v[:m * m * k * q].reshape(m, m, k * q)
-        np.copyto(dd.reshape(a, a, c, i1 - i0, t1 - t0, tw), tiles[:, :, :, i0:i1, t0:t1])
+        ni, nt = i1 - i0, t1 - t0
+        q = ni * nt * tw
+        dd, vv = buf_d[:a * a * q * c], buf_v[:a * a * q * c]
+        mm = prod_[:a * a * q * k].reshape(a * a, q, k)
+        rr1, rr2 = buf_d[:m * a * q * k].reshape(m, a, q * k), buf_v[:m * m * q * k].reshape(m, m, q * k)
+        np.copyto(dd.reshape(a, a, ni, nt, tw, c), tiles[:, :, i0:i1, t0:t1])
         # V = B^T d B: over the tile rows, then over the tile columns
-        np.matmul(BT, dd.reshape(a, a * c * q), out=vv.reshape(a, a * c * q))
+        np.matmul(BT, dd.reshape(a, a * q * c), out=vv.reshape(a, a * q * c))
         for x in range(a):
-            np.matmul(BT, vv.reshape(a, a, c * q)[x], out=dd.reshape(a, a, c * q)[x])
-        np.matmul(U, dd, out=mm)              # the channel sums: one GEMM per tile position
+            np.matmul(BT, vv.reshape(a, a, q * c)[x], out=dd.reshape(a, a, q * c)[x])
+        np.matmul(dd.reshape(a * a, q, c), U, out=mm)     # the channel sums: one GEMM per tile position
         # Y = A^T M A
-        np.matmul(AT, mm.reshape(a, a * k * q), out=rr1.reshape(m, a * k * q))
+        np.matmul(AT, mm.reshape(a, a * q * k), out=rr1.reshape(m, a * q * k))
         for r in range(m):
             np.matmul(AT, rr1[r], out=rr2[r])
-        np.copyto(out_tiles[:, :, :, i0:i1, t0:t1], rr2.reshape(m, m, k, i1 - i0, t1 - t0, tw))
+        if epilogue is not None:
+            epilogue(rr2.reshape(m * m * q, k))
+        res = rr2.reshape(m, m, ni, nt, tw, k)
         r0, r1 = t0 * m, min(height, t1 * m)
-        if Yt is not Y:
-            np.copyto(Y[i0:i1, :, r0:r1], Yt[i0:i1, :, r0:r1, :width])
-        for i in range(i0, i1):
-            finish(i, slice(r0 * width, r1 * width))
+        if whole:
+            np.copyto(out_tiles[:, :, i0:i1, t0:t1], res)
+        else:                        # partial tiles: each (r, s) phase of the tiles, cropped to Y
+            for r in range(m):
+                nr = len(range(r0 + r, r1, m))
+                for s in range(m):
+                    dst = Y[i0:i1, :, r0 + r:r1:m, s::m]
+                    np.copyto(dst.transpose(0, 2, 3, 1), res[r, s, :, :nr, :dst.shape[3]])
+        if finish is not None:
+            for i in range(i0, i1):
+                finish(i, slice(r0 * width, r1 * width))

@@ -352,6 +352,11 @@ def test_winograd_convolution(xs, m):
     assert rel(got, direct) < 1e-5
     z = rand(*direct.shape)
     assert rel(FusedConv(x, w, b, z, activation="Relu", **attrs), np.maximum(direct + z, 0)) < 1e-5
+    # no residual: bias and activation are applied to the output tiles before they are written
+    clip = FusedConv(x, w, b, None, activation="Clip", activation_params=(-0.5, 0.5), **attrs)
+    assert np.abs(clip - np.clip(direct, -0.5, 0.5)).max() / np.abs(direct).max() < 1e-5
+    no_bias = FusedConv(x, w, None, None, activation="Relu", **attrs)
+    assert rel(no_bias, np.maximum(direct - b.reshape(-1, 1, 1), 0)) < 1e-5
 
 
 @pytest.mark.parametrize("ws,attrs", [((8, 8, 3, 3), {"strides": [2, 2]}), ((8, 1, 3, 3), {"group": 8}),
