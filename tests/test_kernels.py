@@ -323,6 +323,26 @@ def test_fused_conv_is_conv_plus_residual_plus_activation(xs, ws, attrs, z_shape
     np.testing.assert_allclose(clip, np.clip(y + (0 if z is None else z), -0.5, 0.5), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("wide_bytes", [8 << 20, 3 * 72 * 16 * 4])
+def test_small_outputs_share_one_gemm_across_images(wide_bytes, monkeypatch):
+    """At batch > 1, an im2col convolution with a small output puts several images side by side
+    into one GEMM (a partial group at the end included): same as onnx's reference."""
+    from rzrt.ops import conv as C
+    from rzrt.ops.fused import FusedConv
+    monkeypatch.setattr(C, "WIDE_BYTES", wide_bytes)
+    assert C.images_per_gemm(5, 8 * 9, 16, 4, 1) == (5 if wide_bytes > 1e6 else 3)
+    x, w, b = rand(5, 8, 8, 8), rand(12, 8, 3, 3), rand(12)
+    attrs = dict(pads=[1, 1, 1, 1], strides=[2, 2])
+    model = single_node_model("Conv", {"X": x, "W": w, "B": b}, attrs)
+    want = ReferenceEvaluator(model).run(None, {"X": x, "W": w, "B": b})[0]
+    got = rzrt.InferenceSession(model).run(None, {"X": x, "W": w, "B": b})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    z = rand(*want.shape)
+    np.testing.assert_allclose(FusedConv(x, w, b, z, activation="Relu", **attrs), np.maximum(want + z, 0),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(FusedConv(x, w, **attrs), want - b.reshape(-1, 1, 1), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("xs,m", [((2, 32, 16, 16), 4), ((1, 48, 14, 14), 2), ((2, 32, 14, 18), 4), ((1, 40, 13, 11), 2),
                                   ((8, 32, 7, 7), 4), ((3, 32, 5, 9), 2)])
 def test_winograd_convolution(xs, m):
