@@ -344,7 +344,7 @@ def test_small_outputs_share_one_gemm_across_images(wide_bytes, monkeypatch):
 
 
 @pytest.mark.parametrize("xs,m", [((2, 32, 16, 16), 4), ((1, 48, 14, 14), 2), ((2, 32, 14, 18), 4), ((1, 40, 13, 11), 2),
-                                  ((8, 32, 7, 7), 4), ((3, 32, 5, 9), 2)])
+                                  ((8, 32, 7, 7), 4), ((3, 32, 5, 9), 2), ((1, 32, 50, 46), 4)])
 def test_winograd_convolution(xs, m):
     """3x3 stride-1 pad-1 convolutions go through Winograd F(m x m, 3 x 3), partial tiles at the
     bottom and right included: same result as im2col."""
