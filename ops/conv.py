@@ -14,6 +14,8 @@ The padded input and the im2col band live in the planned scratch buffer.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from rzrt.ops import depthwise, winograd
@@ -33,6 +35,18 @@ def band_rows(ck: int, osp, itemsize: int) -> int:
 
 
 def conv_geometry(x_shape, w_shape, kernel_shape, strides, dilations, pads, auto_pad):
+    """-> (kernel, strides, dilations, pads_begin, pads_end, out_spatial), all tuples.
+    Remembered per shapes and attributes: a model asks the same few questions at every run."""
+    return _conv_geometry(tuple(x_shape), tuple(w_shape), _ints(kernel_shape), _ints(strides), _ints(dilations),
+                          _ints(pads), auto_pad)
+
+
+def _ints(v):
+    return None if v is None else tuple(int(x) for x in v)
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv_geometry(x_shape, w_shape, kernel_shape, strides, dilations, pads, auto_pad):
     rank = len(w_shape) - 2
     kernel_shape = tuple(kernel_shape) if kernel_shape is not None else tuple(w_shape[2:])
     strides = tuple(strides) if strides is not None else (1,) * rank

@@ -16,6 +16,7 @@ is in cache.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +45,7 @@ class Layout:
         return self.out_rows * self.width
 
 
+@functools.lru_cache(maxsize=1024)
 def layout(x_shape, k, s, d, pb, pe, osp, acc_itemsize) -> Layout:
     h, w = x_shape[2:]
     (kh, kw), (sh, sw), (dh, dw) = k, s, d
@@ -60,7 +62,7 @@ def layout(x_shape, k, s, d, pb, pe, osp, acc_itemsize) -> Layout:
 
 def scratch_pieces(x_shape, k, s, d, pb, pe, osp, itemsize) -> list:
     acc = max(itemsize, 4)
-    lay = layout(x_shape, k, s, d, pb, pe, osp, acc)
+    lay = layout(tuple(x_shape), k, s, d, pb, pe, osp, acc)
     c = x_shape[1]
     cb = min(c, lay.block)
     return [((len(lay.phases), c, lay.plane), itemsize), ((cb, lay.wide), acc), ((cb, lay.wide), acc)]
