@@ -137,8 +137,9 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None):
     xs, ys = Xp.strides, Y.strides
     # tiles[i, j, n, ty, tx, c] = Xp[n, c, ty*m + i, tx*m + j]: overlapping a x a windows (a view)
     tiles = as_strided(Xp, (a, a, n, th, tw, c), (xs[2], xs[3], xs[0], xs[2] * m, xs[3] * m, xs[1]))
-    # out_tiles[r, s, n, ty, tx, k] = Y[n, k, ty*m + r, tx*m + s] (when whole tiles cover Y)
-    out_tiles = as_strided(Y, (m, m, n, th, tw, k), (ys[2], ys[3], ys[0], ys[2] * m, ys[3] * m, ys[1]))
+    # out_tiles[r, s, n, ty, tx, k] = Y[n, k, ty*m + r, tx*m + s], only when whole tiles cover Y
+    out_tiles = as_strided(Y, (m, m, n, th, tw, k), (ys[2], ys[3], ys[0], ys[2] * m, ys[3] * m, ys[1])) \
+        if whole else None
     q_max = chunk_tiles(n, th, tw)
     # three buffers: the output transform reuses the input transform's, which are free by then
     buf_d = mem.take((max(a * a * c, m * a * k) * q_max,), Xp.dtype)
