@@ -154,13 +154,11 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None):
         np.copyto(dd.reshape(a, a, ni, nt, tw, c), tiles[:, :, i0:i1, t0:t1])
         # V = B^T d B: over the tile rows, then over the tile columns
         np.matmul(BT, dd.reshape(a, a * q * c), out=vv.reshape(a, a * q * c))
-        for x in range(a):
-            np.matmul(BT, vv.reshape(a, a, q * c)[x], out=dd.reshape(a, a, q * c)[x])
+        np.matmul(BT, vv.reshape(a, a, q * c), out=dd.reshape(a, a, q * c))
         np.matmul(dd.reshape(a * a, q, c), U, out=mm)     # the channel sums: one GEMM per tile position
         # Y = A^T M A
         np.matmul(AT, mm.reshape(a, a * q * k), out=rr1.reshape(m, a * q * k))
-        for r in range(m):
-            np.matmul(AT, rr1[r], out=rr2[r])
+        np.matmul(AT, rr1, out=rr2)
         if epilogue is not None:
             epilogue(rr2.reshape(m * m * q, k))
         res = rr2.reshape(m, m, ni, nt, tw, k)
