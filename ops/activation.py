@@ -116,13 +116,15 @@ def Clip_6(X, *, min=-3.4028234663852886e38, max=3.4028234663852886e38, out=None
 
 @kernel("Clip", since=11, shape=_same, inplace=0)
 def Clip(X, min=None, max=None, *, out=None):
-    """y = min(max(x, min), max); an absent bound does not clip"""
+    """y = min(max(x, min), max); an absent bound is the type's lowest / largest value, so for
+    floats +-inf clamp to the largest finite values (as onnxruntime does)"""
     lo = None if min is None else min.item()
     hi = None if max is None else max.item()
-    if lo is None and hi is None:
+    if X.dtype.kind == "f":     # both bounds given: also numpy's fast clip loop
+        limits = np.finfo(X.dtype)
+        lo, hi = limits.min if lo is None else lo, limits.max if hi is None else hi
+    elif lo is None and hi is None:    # integers: nothing to clamp
         return X.copy() if out is None else np.copyto(out, X) or out
-    if X.dtype.kind == "f":     # an open bound as infinity: clip with both bounds is numpy's fast loop
-        lo, hi = -np.inf if lo is None else lo, np.inf if hi is None else hi
     return np.clip(X, lo, hi, out=out)
 
 

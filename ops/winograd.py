@@ -14,6 +14,10 @@ F(4x4, 3x3) does 36 multiplications per 16 outputs where im2col does 144 (4x few
 F(2x2, 3x3) 16 per 4 (2.25x fewer). The transforms are small matrix products over the
 tile axes. Tiles are processed in chunks so the buffers fit the planned scratch; bias and
 activation are applied to each chunk's output tiles while they are in cache.
+
+Non-finite inputs: the transforms multiply every input of a tile by some zero coefficients, and
+0 * inf = NaN, so one NaN or inf pixel turns its whole output tile (and its neighbours') to NaN,
+where direct convolution keeps it to the outputs whose window reads it.
 """
 from __future__ import annotations
 

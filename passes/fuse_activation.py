@@ -28,11 +28,11 @@ def _params(graph, act) -> list | None:
         if graph.opsets.get("", 13) < 11:
             return [float(a.get("min", -FLT_MAX)), float(a.get("max", FLT_MAX))]
         bounds = []
-        for i, default in ((1, -FLT_MAX), (2, FLT_MAX)):
+        for i in (1, 2):
             name = act.inputs[i] if len(act.inputs) > i else ""
-            if not name:
-                bounds.append(default)
-            elif name in graph.initializers and graph.initializers[name].size == 1:
+            if not name:    # the absent bound is the input type's limit: Clip's own kernel knows the type
+                return None
+            if name in graph.initializers and graph.initializers[name].size == 1:
                 bounds.append(float(graph.initializers[name].reshape(-1)[0]))
             else:
                 return None

@@ -200,3 +200,21 @@ def test_outputs_are_distinct_and_writable(level):
     assert not np.shares_memory(a, b)
     kk[0] = 99                                            # writable, and the model keeps its constant
     np.testing.assert_array_equal(s.run(None, {"x": f32(2, 3)})[2], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("dtype,tp", [(np.float32, TP.FLOAT), (np.float64, TP.DOUBLE), (np.float16, TP.FLOAT16)])
+@pytest.mark.parametrize("bounds", [("lo",), ("", "hi"), ()])
+def test_clip_absent_bound_is_the_types_limit(dtype, tp, bounds):
+    """An absent Clip bound (opset 11+) is the input type's lowest / largest value: +-inf clamp to
+    the largest finite values, float64 keeps values beyond float32's range, fused after a Conv or not."""
+    x = np.array([np.inf, -np.inf, 2, -1e300 if dtype == np.float64 else -2], dtype).reshape(1, 1, 1, 4)
+    inits = {"W": np.ones((1, 1, 1, 1), dtype), "lo": np.array(-0.5, dtype), "hi": np.array(0.5, dtype)}
+    io = [vi("X", [1, 1, 1, 4], tp)], [vi("Y", [1, 1, 1, 4], tp)]
+    alone = model([h.make_node("Clip", ["X", *bounds], ["Y"])], *io, inits)
+    after_conv = model([h.make_node("Conv", ["X", "W"], ["c"]), h.make_node("Clip", ["c", *bounds], ["Y"])],
+                       *io, inits)                  # W = 1: the Conv is the identity
+    want = oracle(alone, {"X": x})[0]               # (onnxruntime has no float64 Conv)
+    for m in (alone, after_conv):
+        for level in (0, 2):
+            got = rzrt.InferenceSession(m, level=level).run(None, {"X": x})[0]
+            np.testing.assert_array_equal(got, want, err_msg=f"level {level}")
