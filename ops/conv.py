@@ -24,7 +24,8 @@ from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
 
 
-COLS_BYTES = 1 << 20
+COLS_BYTES = 1 << 22   # 4 MB: AVX-512 BLAS wants wide GEMMs more than a cache-sized im2col band. ResNet-50's
+                       # 128-channel strided 3x3 at b8: 45 ms with 1 MB bands (224 columns), 27 ms with 4 MB
 WINOGRAD = True        # 3x3 stride-1 convolutions by Winograd's F(4x4, 3x3) / F(2x2, 3x3); see winograd.py
 
 

@@ -323,6 +323,22 @@ def test_fused_conv_is_conv_plus_residual_plus_activation(xs, ws, attrs, z_shape
     np.testing.assert_allclose(clip, np.clip(y + (0 if z is None else z), -0.5, 0.5), rtol=1e-5, atol=1e-5)
 
 
+def test_im2col_in_row_bands_with_a_partial_last_band(monkeypatch):
+    """The im2col matrix is built a band of output rows at a time (COLS_BYTES): 2 rows per band
+    over 17 output rows leaves a 1-row band at the end; bias, residual and activation per band."""
+    from rzrt.ops import conv as C
+    from rzrt.ops.fused import FusedConv
+    x, w, b = rand(2, 8, 33, 33), rand(12, 8, 3, 3), rand(12)
+    monkeypatch.setattr(C, "COLS_BYTES", 8 * 9 * 17 * 4 * 2)
+    assert C.band_rows(8 * 9, (17, 17), 4) == 2 and C.images_per_gemm(2, 8 * 9, 17 * 17, 4, 1) == 1
+    attrs = dict(pads=[1, 1, 1, 1], strides=[2, 2])
+    model = single_node_model("Conv", {"X": x, "W": w, "B": b}, attrs)
+    want = ReferenceEvaluator(model).run(None, {"X": x, "W": w, "B": b})[0]
+    z = rand(*want.shape)
+    np.testing.assert_allclose(FusedConv(x, w, b, z, activation="Relu", **attrs), np.maximum(want + z, 0),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("wide_bytes", [8 << 20, 3 * 72 * 16 * 4])
 def test_small_outputs_share_one_gemm_across_images(wide_bytes, monkeypatch):
     """At batch > 1, an im2col convolution with a small output puts several images side by side
