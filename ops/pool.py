@@ -55,35 +55,53 @@ def _lowest(dtype):
     return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
 
 
-@kernel("MaxPool", since=1, shape=_pool_shape, scratch=_pool_scratch)
+def _maxpool_scratch(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+                     strides=None, **_):
+    """MaxPool's per-axis partial results (it reads the input unpadded)."""
+    xs, dt = x
+    *_, osp, _ = _pool_geometry(xs, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    return scratch_bytes(*[(xs[:2] + osp[:i + 1] + xs[3 + i:], np.dtype(dt).itemsize) for i in range(len(osp) - 1)])
+
+
+def tap_outputs(j, s, d, pb, n_in, n_out) -> range:
+    """The outputs o whose tap j reads inside the input: 0 <= o*s + j*d - pb < n_in."""
+    lo = max(0, -(-(pb - j * d) // s))
+    return range(lo, max(lo, min(n_out, (n_in - 1 - j * d + pb) // s + 1)))
+
+
+@kernel("MaxPool", since=1, shape=_pool_shape, scratch=_maxpool_scratch)
 def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
             storage_order=0, strides=None, out=None, scratch=None, _outputs=1):
     if _outputs > 1:     # the optional Indices output: see conv_transpose.maxpool_with_indices
         from rzrt.ops.conv_transpose import maxpool_with_indices
         return maxpool_with_indices(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
                                     kernel_shape=kernel_shape, pads=pads, storage_order=storage_order, strides=strides)
-    k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
-                                                 auto_pad, ceil_mode)
+    k, s, d, pb, _, osp, _ = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     mem = Carver(scratch)
-    end = tuple(e + x for e, x in zip(pe, extra))
-    Xp = X
-    if any(pb) or any(end):
-        shape = X.shape[:2] + tuple(n + b + e for n, b, e in zip(X.shape[2:], pb, end))
-        Xp = pad(X, pb, end, value=_lowest(X.dtype), out=mem.take(shape, X.dtype))
     Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
     # max is separable: the window's max is the max over one axis of the maxima over the others,
-    # so K1 + K2 passes replace K1 * K2
-    cur = Xp
+    # so K1 + K2 passes replace K1 * K2. Padding never wins a max, so a tap only visits the outputs
+    # whose window it reads inside the input: no padded copy of X.
+    cur = X
     for axis in range(len(osp)):
-        last = axis == len(osp) - 1
-        dst = Y if last else mem.take(cur.shape[:2 + axis] + (osp[axis],) + cur.shape[3 + axis:], X.dtype)
-        for j in range(k[axis]):
-            sl = (slice(None),) * (2 + axis) + (slice(j * d[axis], j * d[axis] + (osp[axis] - 1) * s[axis] + 1,
-                                                      s[axis]),)
-            if j == 0:
-                dst[...] = cur[sl]
+        dst = Y if axis == len(osp) - 1 else mem.take(cur.shape[:2 + axis] + (osp[axis],) + cur.shape[3 + axis:],
+                                                        X.dtype)
+        lead = (slice(None),) * (2 + axis)
+        outs = [tap_outputs(j, s[axis], d[axis], pb[axis], cur.shape[2 + axis], osp[axis]) for j in range(k[axis])]
+        whole = [j for j, o in enumerate(outs) if len(o) == osp[axis]]
+        if not whole:                                    # some window lies in the padding alone
+            dst.fill(_lowest(X.dtype))
+        for j in sorted(range(k[axis]), key=lambda j: j not in whole[:1]):   # a whole tap first: a copy
+            o = outs[j]
+            if not o:
+                continue
+            first = o.start * s[axis] + j * d[axis] - pb[axis]
+            src = cur[lead + (slice(first, first + (len(o) - 1) * s[axis] + 1, s[axis]),)]
+            part = dst[lead + (slice(o.start, o.stop),)]
+            if whole and j == whole[0]:
+                np.copyto(part, src)
             else:
-                np.maximum(dst, cur[sl], out=dst)
+                np.maximum(part, src, out=part)
         cur = dst
     return Y
 

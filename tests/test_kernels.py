@@ -135,11 +135,17 @@ def test_maxpool(case):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_maxpool_dilations():
-    attrs = dict(kernel_shape=[3, 3], dilations=[2, 2], strides=[1, 2], pads=[1, 1, 1, 1])
-    x = rand(1, 2, 9, 10)
-    (got,) = check("MaxPool", {"X": x}, attrs)
-    np.testing.assert_allclose(got, _torch_pool("MaxPool", x, attrs))
+@pytest.mark.parametrize("xs,attrs", [
+    ((1, 2, 9, 10), dict(kernel_shape=[3, 3], dilations=[2, 2], strides=[1, 2], pads=[1, 1, 1, 1])),
+    # no tap reads the input for every output (tap 0 misses o < 2, tap 1 misses o > 2)
+    ((2, 3, 4), dict(kernel_shape=[2], dilations=[3], pads=[2, 2])),
+    ((1, 2, 4, 5), dict(kernel_shape=[2, 2], dilations=[3, 3], strides=[1, 2], pads=[2, 2, 2, 2])),
+])
+def test_maxpool_dilations(xs, attrs):
+    x = rand(*xs) - 3          # all negative: a padding zero would win
+    (got,) = check("MaxPool", {"X": x}, attrs)       # against onnx's reference
+    if max(attrs["pads"]) <= min(attrs["kernel_shape"]) // 2:     # torch allows no more padding
+        np.testing.assert_allclose(got, _torch_pool("MaxPool", x, attrs))
 
 
 @pytest.mark.parametrize("count_include_pad", [0, 1])
