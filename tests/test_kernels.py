@@ -345,6 +345,30 @@ def test_im2col_in_row_bands_with_a_partial_last_band(monkeypatch):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ws,attrs", [
+    ((40, 8, 1, 1), {}),                                                   # 1x1, 5x expansion: input copied under ones
+    ((12, 8, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),              # im2col: the ones row is free
+    ((12, 8, 1, 1), {}),                                                   # 1x1 without expansion: bias pass
+])
+@pytest.mark.parametrize("weights", ["initializers", "inputs"])
+def test_bias_in_the_gemm(ws, attrs, weights):
+    """[W | B] @ [cols; 1] = W @ cols + B: the same as onnx's reference, for the session's constant
+    weights (packed once, kept) and for weights fed as inputs, the same arrays changed in place
+    between runs (packed at every run)."""
+    from rzrt.ops import conv as C
+    x, w, b = rand(2, 8, 33, 33), rand(*ws), rand(ws[0])
+    assert C.bias_in_gemm(8, ws[0], 1, True, ws[2] == 1) == (ws[0] >= 32 or ws[2] > 1)
+    feeds = {"X": x} if weights == "initializers" else {"X": x, "W": w, "B": b}
+    model = single_node_model("Conv", feeds, attrs, consts={"W": w, "B": b} if weights == "initializers" else None)
+    sess = rzrt.InferenceSession(model)
+    for step in range(2):
+        if weights == "inputs" and step == 1:
+            w += 1
+            b -= 1
+        want = ReferenceEvaluator(model).run(None, feeds)[0]
+        np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("wide_bytes", [8 << 20, 3 * 72 * 16 * 4])
 def test_small_outputs_share_one_gemm_across_images(wide_bytes, monkeypatch):
     """At batch > 1, an im2col convolution with a small output puts several images side by side
