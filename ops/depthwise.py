@@ -2,17 +2,22 @@
 
     Y[c, o] = sum over taps t of W[c, t] * Xpad[c, o*s + t*d]
 
-One multiply-add per tap over whole channels, on flat rows. numpy is fast on long contiguous
-loops and slow on short ones, so the output is computed on a *wide* grid: each output row runs
-the full width of the (padded) input plane, and the tap (i, j) is then just the plane read at a
-constant flat offset i*width + j, a 1-D view of length rows*width. The columns past the real
-output width are garbage and are cropped when the epilogue writes Y.
+numpy is fast on long contiguous loops and slow on short ones, so the output is computed on a
+*wide* grid: each output row runs the full width of the (padded) input plane, and the tap (i, j)
+is then just the plane read at a constant flat offset i*width + j, a 1-D view of length
+rows*width. The columns past the real output width are garbage and are cropped when the
+epilogue writes Y.
 
 A stride s becomes stride 1 by splitting the padded input into s*s phase planes (polyphase):
 P[a, b][r, q] = Xpad[s*r + a, s*q + b], and the tap (i, j) reads phase (i*d % s, j*d % s) at
 offset (i*d // s, j*d // s). Building the phases (or, for stride 1, the padded plane) is the one
-copy of the input; the epilogue (bias, residual, activation) runs on each channel block while it
-is in cache.
+copy of the input.
+
+For a block of channels, the K tap views are copied into a stack S[c, t, :] (long contiguous
+copies) and one batched matmul does the weighted sum of each channel: Y[c] = W[c] (1 x K) @ S[c]
+(K x wide). A multiply and an add per tap took twice as long on maps of 28x28 and less (192
+channels at 28x28: 0.80 -> 0.41 ms). The epilogue (bias, residual, activation) runs on each
+channel block while it is in cache.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 
 from rzrt.ops.window import prod
 
-BLOCK_BYTES = 1 << 19      # the accumulator of one channel block: cache-sized, and long enough per call
+STACK_BYTES = 1 << 20      # the tap stack of one channel block: 1 MB beat 256 KB, 512 KB and 4 MB here
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class Layout:
     taps: tuple             # (phase index, flat offset) per tap, in W's (i, j) order
     out_rows: int
     out_cols: int
-    block: int              # channels per block
+    block: int              # channels per block: a tap stack of about STACK_BYTES
 
     @property
     def plane(self) -> int:
@@ -56,7 +61,7 @@ def layout(x_shape, k, s, d, pb, pe, osp, acc_itemsize) -> Layout:
     phases = tuple((a, b) for a in range(sh) for b in range(sw))
     taps = tuple((phases.index((i * dh % sh, j * dw % sw)), (i * dh // sh) * width + j * dw // sw)
                  for i in range(kh) for j in range(kw))
-    block = max(1, BLOCK_BYTES // max(oh * width * acc_itemsize, 1))
+    block = max(1, STACK_BYTES // max(kh * kw * oh * width * acc_itemsize, 1))
     return Layout(phases, rows, width, taps, oh, ow, block)
 
 
@@ -65,7 +70,7 @@ def scratch_pieces(x_shape, k, s, d, pb, pe, osp, itemsize) -> list:
     lay = layout(tuple(x_shape), k, s, d, pb, pe, osp, acc)
     c = x_shape[1]
     cb = min(c, lay.block)
-    return [((len(lay.phases), c, lay.plane), itemsize), ((cb, lay.wide), acc), ((cb, lay.wide), acc)]
+    return [((len(lay.phases), c, lay.plane), itemsize), ((cb, len(lay.taps), lay.wide), acc), ((cb, lay.wide), acc)]
 
 
 def fill_phases(x, planes, lay: Layout, s, pb) -> None:
@@ -89,24 +94,19 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
     n, c = X.shape[:2]
     acc_dtype = np.float32 if Y.dtype.itemsize < 4 else Y.dtype      # half precision adds up in float32
     lay = layout(X.shape, k, s, d, pb, pe, osp, np.dtype(acc_dtype).itemsize)
-    taps = W.reshape(c, prod(k)).astype(acc_dtype)
+    taps = W.reshape(c, 1, prod(k)).astype(acc_dtype)
     planes = mem.take((len(lay.phases), c, lay.plane), X.dtype)
     cb = min(c, lay.block)
-    acc_buf, tmp_buf = mem.take((cb, lay.wide), acc_dtype), mem.take((cb, lay.wide), acc_dtype)
+    stack_buf, acc_buf = mem.take((cb, prod(k), lay.wide), acc_dtype), mem.take((cb, lay.wide), acc_dtype)
     L, ow = lay.wide, lay.out_cols
     for i in range(n):
         fill_phases(X[i], planes, lay, s, pb)
         for c0 in range(0, c, cb):
             c1 = min(c, c0 + cb)
-            acc, tmp = acc_buf[:c1 - c0], tmp_buf[:c1 - c0]
-            for t, (p, off) in enumerate(lay.taps):
-                src = planes[p, c0:c1, off:off + L]
-                w = taps[c0:c1, t:t + 1]
-                if t == 0:
-                    np.multiply(src, w, out=acc)
-                else:
-                    np.multiply(src, w, out=tmp)
-                    acc += tmp
+            stack, acc = stack_buf[:c1 - c0], acc_buf[:c1 - c0]
+            for t, (p, off) in enumerate(lay.taps):          # S[c, t] = the tap's flat view
+                np.copyto(stack[:, t], planes[p, c0:c1, off:off + L])
+            np.matmul(taps[c0:c1], stack, out=acc[:, None])  # Y[c] = W[c] @ S[c]
             wide = acc.reshape(c1 - c0, lay.out_rows, lay.width)[:, :, :ow]      # crop the garbage columns
             y = Y[i, c0:c1]
             if B is not None:
