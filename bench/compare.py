@@ -81,15 +81,22 @@ def ort_solo(path: Path, x: np.ndarray, runs: int, warmup: int, threads) -> floa
     return measure({"ort": lambda x: s.run(None, {"input": x})}, x, runs, warmup)["ort"]
 
 
-def measure(fns: dict, x: np.ndarray, runs: int, warmup: int) -> dict:
-    times = {k: [] for k in fns}
+def measure(fns: dict, x: np.ndarray, runs: int, warmup: int, times=None) -> dict:
+    """Median ms per runtime; each run's times go to `times` (runtime -> list) when given."""
+    times = {k: [] for k in fns} if times is None else times
     for i in range(warmup + runs):
         for k, f in fns.items():
             t = time.perf_counter()
             f(x)
             if i >= warmup:
-                times[k].append((time.perf_counter() - t) * 1e3)
+                times.setdefault(k, []).append((time.perf_counter() - t) * 1e3)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def paired_ratio(a: list, b: list) -> float:
+    """The median over rounds of a[i] / b[i]: runs of the same round share the machine's load of
+    that moment, so their ratio drifts less than the ratio of the two medians."""
+    return float(np.median(np.array(a) / np.array(b)))
 
 
 def peak_rss(runtime: str, path: Path, name: str, batch: int, threads) -> float:
@@ -131,9 +138,11 @@ def main(argv=None) -> int:
     import rzrt
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}, "
           f"rzrt {rzrt.__version__}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
-    print(f"median of {args.runs} interleaved runs after {args.warmup} warm-up; threads: {args.threads or 'all'}")
-    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}{'ort solo':>10}"
-          + ("" if args.no_rss else f"{'rzrt MB':>9}{'ort MB':>8}{'torch MB':>9}"))
+    print(f"median of {args.runs} interleaved runs after {args.warmup} warm-up; threads: {args.threads or 'all'}; "
+          f"load average {os.getloadavg()[0]:.2f} (a busy machine hurts the runtimes unevenly)")
+    print("paired: the median over rounds of rzrt's time / onnxruntime's in the same round")
+    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}{'paired':>8}"
+          f"{'ort solo':>10}" + ("" if args.no_rss else f"{'rzrt MB':>9}{'ort MB':>8}{'torch MB':>9}"))
     results = []
     for name in args.models.split(","):
         flavour = CASES[name]
@@ -141,12 +150,14 @@ def main(argv=None) -> int:
         fns = runners(name, path, args.threads)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-            ms = measure(fns, x, args.runs, args.warmup)
+            times: dict = {}
+            ms = measure(fns, x, args.runs, args.warmup, times)
             solo = ort_solo(path, x, args.runs, args.warmup, args.threads)
             row = {"model": name + (" (BN kept)" if flavour == "keepbn" else ""), "batch": batch, **ms,
-                   "ratio": ms["rzrt"] / ms["onnxruntime"], "ort_solo": solo}
+                   "ratio": ms["rzrt"] / ms["onnxruntime"], "paired": paired_ratio(times["rzrt"], times["onnxruntime"]),
+                   "ort_solo": solo}
             line = (f"{row['model']:<22}{batch:>6}{ms['rzrt']:>10.1f}{ms['onnxruntime']:>10.1f}{ms['torch']:>10.1f}"
-                    f"{row['ratio']:>10.2f}{solo:>10.1f}")
+                    f"{row['ratio']:>10.2f}{row['paired']:>8.2f}{solo:>10.1f}")
             if not args.no_rss:
                 rss = {k: peak_rss(k, path, name, batch, args.threads) for k in ("rzrt", "onnxruntime", "torch")}
                 row["rss_mb"] = rss
