@@ -92,7 +92,7 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
         else:
             pieces.append(((ck + 1, band_rows(ck, osp, size) * prod(osp[1:])), size))    # + the ones row
     elif bias_in_gemm(xs[1], ws[0], group, len(rest) > 0 and rest[0] is not None, True):
-        pieces.append(((xs[1] + 1, prod(xs[2:])), size))
+        pieces.append(((xs[1] + 1, prod(osp)), size))            # the input under a ones row
     return scratch_bytes(*pieces)
 
 

@@ -347,6 +347,7 @@ def test_im2col_in_row_bands_with_a_partial_last_band(monkeypatch):
 
 @pytest.mark.parametrize("ws,attrs", [
     ((40, 8, 1, 1), {}),                                                   # 1x1, 5x expansion: input copied under ones
+    ((40, 8, 1, 1), dict(pads=[1, 2, 0, 1])),                              # ... padded: the copy is the padded size
     ((12, 8, 3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),              # im2col: the ones row is free
     ((12, 8, 1, 1), {}),                                                   # 1x1 without expansion: bias pass
 ])
