@@ -10,6 +10,7 @@ The columns are built a band of output rows at a time (about COLS_BYTES each), s
 im2col matrix stays small and in cache while the GEMM writes straight into its slice of Y.
 Depthwise convolution (one input channel per group) skips im2col: it sums K shifted
 views of the input, each scaled by one tap of the filter.
+The bias rides in the GEMM where that saves a pass over the output: [W | B] @ [cols; 1...1].
 The padded input and the im2col band live in the planned scratch buffer.
 """
 from __future__ import annotations
