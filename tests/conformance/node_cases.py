@@ -46,8 +46,9 @@ def op_of_case(name: str, case) -> str:
     return ops[0] if ops else "?"
 
 
-def run_case(case) -> tuple:
-    """(passed, reason). Runs every input/output set of the case."""
+def run_case(case, values=True) -> tuple:
+    """(passed, reason). Runs every input/output set of the case; values=False checks only the
+    outputs' shapes and dtypes (cases whose expected values are random draws)."""
     import rzrt.backend as backend
     try:
         rep = backend.prepare(case.model)
@@ -58,20 +59,20 @@ def run_case(case) -> tuple:
             got = rep.run(list(inputs) if isinstance(inputs, (list, tuple)) else inputs)
         except Exception as e:
             return False, f"run: {type(e).__name__}: {str(e)[:200]}"
-        ok, why = compare(list(got), list(expected), case.rtol, case.atol)
+        ok, why = compare(list(got), list(expected), case.rtol, case.atol, values)
         if not ok:
             return False, why
     return True, ""
 
 
-def compare(got, expected, rtol, atol) -> tuple:
+def compare(got, expected, rtol, atol, values=True) -> tuple:
     if len(got) < len(expected):
         return False, f"{len(got)} outputs, expected {len(expected)}"
     for i, (g, e) in enumerate(zip(got, expected)):
         if isinstance(e, list):   # a sequence output
             if not isinstance(g, (list, tuple)) or len(g) != len(e):
                 return False, f"output {i}: expected a sequence of {len(e)}"
-            ok, why = compare(list(g), e, rtol, atol)
+            ok, why = compare(list(g), e, rtol, atol, values)
             if not ok:
                 return False, why
             continue
@@ -87,6 +88,8 @@ def compare(got, expected, rtol, atol) -> tuple:
             continue
         if g.dtype != e.dtype:
             return False, f"output {i}: dtype {g.dtype}, expected {e.dtype}"
+        if not values:
+            continue
         if e.dtype.kind == "V" or e.dtype.names is None and e.dtype.kind not in "biufcOSU?":
             e, g = e.astype(np.float32), g.astype(np.float32)    # ml_dtypes (float8, bfloat16, int4): compare as float
         if e.dtype.kind in "fc":
