@@ -136,7 +136,9 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if wm:                                         # zeros below and right up to whole tiles
         pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(X.shape, wm)))
     Xp = X
-    if any(pb) or any(pe):
+    if wm:                                         # Winograd gathers its tiles from a channels-last copy
+        Xp = winograd.pad_channels_last(X, pe, mem)
+    elif any(pb) or any(pe):
         Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
                                          X.dtype))
     if _is_depthwise(c, m, group, W.shape):          # 1-D and 3-D; 2-D went to depthwise.py
