@@ -26,8 +26,8 @@ from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
 
 
-COLS_BYTES = 1 << 22   # 4 MB: AVX-512 BLAS wants wide GEMMs more than a cache-sized im2col band. ResNet-50's
-                       # 128-channel strided 3x3 at b8: 45 ms with 1 MB bands (224 columns), 27 ms with 4 MB
+COLS_BYTES = 1 << 22   # 4 MB: AVX-512 BLAS wants wide GEMMs more than a cache-sized im2col band. Against 1 MB,
+                       # interleaved: ResNet-50's stem 3.16 -> 2.76 ms (b1), its 128-channel strided 3x3 2.21 -> 1.84
 WINOGRAD = True        # 3x3 stride-1 convolutions by Winograd's F(4x4, 3x3) / F(2x2, 3x3); see winograd.py
 
 
@@ -204,7 +204,8 @@ def weights_with_bias(W, B) -> np.ndarray:
     WB[:, :-1], WB[:, -1] = W.reshape(m, -1), B
     if registry.is_constant(W) and registry.is_constant(B):
         _with_bias[key] = WB
-        weakref.finalize(W, _with_bias.pop, key, None)
+        for a in (W, B):                                 # forget it when either dies (ids get reused)
+            weakref.finalize(a, _with_bias.pop, key, None)
     return WB
 
 
