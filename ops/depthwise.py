@@ -16,9 +16,9 @@ copy of the input.
 For a block of channels, the K tap views are copied into a stack S[c, t, :] (long contiguous
 copies) and one batched matmul does the weighted sum of each channel: Y[c] = W[c] (1 x K) @ S[c]
 (K x wide). A multiply and an add per tap took twice as long on maps of 28x28 and less (192
-channels at 28x28: 0.80 -> 0.41 ms). At stride 1 only the kw views of the first kernel row are
-stacked, each long enough to serve every kernel row by sliding down the plane: one matmul per
-kernel row, kw copies instead of kh*kw. The epilogue (bias, residual, activation) runs on each
+channels at 28x28: 0.80 -> 0.41 ms). Kernel rows that read the same phase share their column
+views, stacked once and long enough for each of those rows to slide down the plane: one matmul
+per kernel row, and at stride 1 kw copies instead of kh*kw. The epilogue (bias, residual, activation) runs on each
 channel block while it is in cache.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Layout:
     width: int              # columns of a phase plane = the wide output row
     stack: tuple            # (phase index, flat offset) per view copied into the stack
     span: int               # length of each stacked view
-    groups: tuple           # (shift, taps) per matmul: Y[c] += W[c, taps] @ S[c, :, shift:shift + wide]
+    groups: tuple           # (shift, first view, taps) per kernel row: Y[c] += W[c, taps] @ its views, shifted
     out_rows: int
     out_cols: int
     block: int              # channels per block: a stack of about STACK_BYTES
@@ -63,18 +63,17 @@ def layout(x_shape, k, s, d, pb, pe, osp, acc_itemsize) -> Layout:
     width = max(-(-(w + pb[1] + pe[1]) // sw), ow + cj)
     rows = max(-(-(h + pb[0] + pe[0]) // sh), oh + ri) + 1
     phases = tuple((a, b) for a in range(sh) for b in range(sw))
-    if (sh, sw) == (1, 1):
-        # one plane: the kernel row i's taps are the kernel row 0's, i*dh rows further down the
-        # same flat plane. Stack the kw column views once, long enough for every row, and slide:
-        # kw copies instead of kh*kw (192 channels at 28x28: 0.48 -> 0.34 ms)
-        stack = tuple((0, j * dw) for j in range(kw))
-        span = (oh + (kh - 1) * dh) * width
-        groups = tuple((i * dh * width, tuple(range(i * kw, (i + 1) * kw))) for i in range(kh))
-    else:
-        stack = tuple((phases.index((i * dh % sh, j * dw % sw)), (i * dh // sh) * width + j * dw // sw)
-                      for i in range(kh) for j in range(kw))
-        span = oh * width
-        groups = ((0, tuple(range(kh * kw))),)
+    # tap (i, j) reads phase (a_i, b_j) at flat offset r_i*width + q_j. The kernel rows with the same
+    # row phase a read the same kw column views, r_i rows further down: stack those views once per
+    # row phase, long enough for every such row, and let each kernel row's matmul slide down them.
+    # Stride 1: kw copies instead of kh*kw (192 channels at 28x28: 0.48 -> 0.34 ms).
+    row = [(i * dh % sh, i * dh // sh) for i in range(kh)]                 # (a_i, r_i)
+    col = [(j * dw % sw, j * dw // sw) for j in range(kw)]                 # (b_j, q_j)
+    row_phases = sorted({a for a, _ in row})
+    stack = tuple((phases.index((a, b)), q) for a in row_phases for b, q in col)
+    span = (oh + max(r for _, r in row)) * width
+    groups = tuple((r * width, row_phases.index(a) * kw, tuple(range(i * kw, (i + 1) * kw)))
+                   for i, (a, r) in enumerate(row))
     block = max(1, STACK_BYTES // max(len(stack) * span * acc_itemsize, 1))
     return Layout(phases, rows, width, stack, span, groups, oh, ow, block)
 
@@ -110,7 +109,7 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
     acc_dtype = np.float32 if Y.dtype.itemsize < 4 else Y.dtype      # half precision adds up in float32
     lay = layout(X.shape, k, s, d, pb, pe, osp, np.dtype(acc_dtype).itemsize)
     taps = W.reshape(c, 1, prod(k)).astype(acc_dtype)
-    weights = [np.ascontiguousarray(taps[:, :, list(t)]) for _, t in lay.groups]     # (C, 1, taps) per group
+    weights = [np.ascontiguousarray(taps[:, :, list(t)]) for _, _, t in lay.groups]   # (C, 1, kw) per row
     planes = mem.take((len(lay.phases), c, lay.plane), X.dtype)
     cb = min(c, lay.block)
     stack_buf = mem.take((cb, len(lay.stack), lay.span), acc_dtype)
@@ -123,8 +122,8 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
             stack, acc, tmp = stack_buf[:c1 - c0], acc_buf[:c1 - c0], tmp_buf[:c1 - c0]
             for t, (p, off) in enumerate(lay.stack):         # S[c, t] = a flat view of a plane
                 np.copyto(stack[:, t], planes[p, c0:c1, off:off + lay.span])
-            for g, (shift, _) in enumerate(lay.groups):      # Y[c] = sum over groups of W[c, taps] @ S[c]
-                np.matmul(weights[g][c0:c1], stack[:, :, shift:shift + L], out=(tmp if g else acc)[:, None])
+            for g, (shift, v, t) in enumerate(lay.groups):   # Y[c] = sum over kernel rows of W[c, row] @ S[c, row]
+                np.matmul(weights[g][c0:c1], stack[:, v:v + len(t), shift:shift + L], out=(tmp if g else acc)[:, None])
                 if g:
                     acc += tmp
             wide = acc.reshape(c1 - c0, lay.out_rows, lay.width)[:, :, :ow]      # crop the garbage columns
