@@ -8,8 +8,9 @@ With groups, channels split into G blocks and the GEMM is batched over them.
 A 1x1 stride-1 convolution needs no im2col at all: cols is the image itself.
 The columns are built a band of output rows at a time (about COLS_BYTES each), so the
 im2col matrix stays small and in cache while the GEMM writes straight into its slice of Y.
-Depthwise convolution (one input channel per group) skips im2col: it sums K shifted
-views of the input, each scaled by one tap of the filter.
+Depthwise convolution (one input channel per group) skips im2col: in 2-D, depthwise.py
+stacks the shifted views of each channel and sums them with one small matmul per kernel row;
+in 1-D and 3-D, each shifted view is scaled by its tap and added.
 The bias rides in the GEMM where that saves a pass over the output: [W | B] @ [cols; 1...1].
 The padded input and the im2col band live in the planned scratch buffer.
 """
