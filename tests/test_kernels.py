@@ -95,6 +95,27 @@ def test_conv(case, bias):
     check("Conv", inputs, attrs, rtol=1e-4, atol=1e-4)
 
 
+
+DEPTHWISE_2D = [case for case, (xs, ws, a) in CONV_CASES.items() if len(xs) == 4 and a.get("group", 1) == xs[1] == ws[0]]
+
+
+@pytest.mark.parametrize("layout", ["planar", "channels-last"])
+@pytest.mark.parametrize("case", DEPTHWISE_2D)
+def test_depthwise_both_layouts(case, layout, monkeypatch):
+    """2-D depthwise runs planar or, on small planes, channels-last (CHANNELS_LAST_PIXELS): each
+    layout on every 2-D depthwise case, plain against onnx's reference and fused (bias, residual,
+    ReLU) against the plain result, one image and two."""
+    from rzrt.ops import depthwise
+    from rzrt.ops.fused import FusedConv
+    monkeypatch.setattr(depthwise, "CHANNELS_LAST_PIXELS", 0 if layout == "planar" else 1 << 30)
+    xs, ws, attrs = CONV_CASES[case]
+    for n in (1, 2):
+        x, w, b = rand(n, *xs[1:]), rand(*ws), rand(ws[0])
+        (y,) = check("Conv", {"X": x, "W": w, "B": b}, attrs, rtol=1e-4, atol=1e-4)
+        z = rand(*y.shape)
+        np.testing.assert_allclose(FusedConv(x, w, b, z, activation="Relu", **attrs), np.maximum(y + z, 0),
+                                   rtol=1e-5, atol=1e-5)
+
 # --- pooling ------------------------------------------------------------------------
 POOL_CASES = {
     "resnet stem": ((1, 3, 12, 12), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
