@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rzrt.ops.elementwise import erf
+from rzrt.ops.elementwise import erf, erf_float32
 from rzrt.ops.registry import kernel
 
 
@@ -101,6 +101,13 @@ def ThresholdedRelu(X, *, alpha=1.0):
 @kernel("Gelu", since=20, shape=_same)
 def Gelu(X, *, approximate="none"):
     """y = x/2 * (1 + erf(x / sqrt 2)); approximate='tanh': x/2 * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))"""
+    if approximate != "tanh" and X.dtype in (np.float32, np.float16):
+        x = X.astype(np.float32)
+        y = erf_float32(x * np.float32(1 / np.sqrt(2)))
+        y += 1
+        y *= x
+        y *= 0.5
+        return y.astype(X.dtype, copy=False)
     x = X.astype(np.float64)
     if approximate == "tanh":
         y = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
