@@ -51,15 +51,17 @@ def load(path_entry: Path):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("rev", help="git revision to compare against, e.g. HEAD~1 or a commit")
-    ap.add_argument("--models", default="resnet50", help=f"comma-separated, from {', '.join(CASES)}")
+    ap.add_argument("--models", default="resnet50",
+                    help=f"comma-separated, from {', '.join(CASES)}, or paths to .onnx files")
     ap.add_argument("--batches", default="1")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
     models = args.models.split(",")
     for m in models:
-        if m not in CASES:
-            sys.exit(f"error: unknown model {m!r}; expected one of {', '.join(CASES)}")
+        if m not in CASES and not (m.endswith(".onnx") and Path(m).is_file()):
+            sys.exit(f"error: unknown model {m!r}; expected one of {', '.join(CASES)} or an existing .onnx file")
+    path = {m: model_path(m, CASES[m]) if m in CASES else m for m in models}
     with tempfile.TemporaryDirectory(prefix="rzrt-ab-") as tmp:
         tmp = Path(tmp)
         done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tmp / "tree"),
@@ -68,15 +70,16 @@ def main() -> None:
             sys.exit(f"error: cannot check out {args.rev!r}: {done.stderr.strip()}")
         try:
             old = load(package_dir(tmp / "tree", tmp / "old"))
-            sessions_old = {m: old.InferenceSession(model_path(m, CASES[m])) for m in models}
+            sessions_old = {m: old.InferenceSession(path[m]) for m in models}
             new = load(package_dir(ROOT, tmp / "new"))
-            sessions_new = {m: new.InferenceSession(model_path(m, CASES[m])) for m in models}
+            sessions_new = {m: new.InferenceSession(path[m]) for m in models}
             print(f"{args.rev} vs working tree, median of {args.runs} interleaved runs after {args.warmup} warm-up")
-            print(f"{'model':14s} {'batch':>5s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s} {'max |diff|':>11s}")
+            print(f"{'model':22s} {'batch':>5s} {'old ms':>9s} {'new ms':>9s} {'new/old':>8s} {'max |diff|':>11s}")
             for m in models:
-                name = sessions_new[m].get_inputs()[0].name
+                name, shape = sessions_new[m].get_inputs()[0].name, sessions_new[m].get_inputs()[0].shape
+                hw = [d if isinstance(d, int) else 224 for d in shape[2:]]
                 for batch in (int(b) for b in args.batches.split(",")):
-                    x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)
+                    x = np.random.default_rng(0).random((batch, 3, *hw), dtype=np.float32)
                     times, outs = {"old": [], "new": []}, {}
                     for r in range(args.warmup + args.runs):
                         for label, sess in (("old", sessions_old[m]), ("new", sessions_new[m])):
@@ -86,7 +89,7 @@ def main() -> None:
                                 times[label].append(time.perf_counter() - t)
                     o, n = (float(np.median(times[k])) * 1e3 for k in ("old", "new"))
                     diff = float(np.abs(outs["old"] - outs["new"]).max())
-                    print(f"{m:14s} {batch:5d} {o:9.1f} {n:9.1f} {n / o:8.2f} {diff:11.1e}")
+                    print(f"{Path(m).stem:22s} {batch:5d} {o:9.1f} {n:9.1f} {n / o:8.2f} {diff:11.1e}")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "tree")],
                            capture_output=True)

@@ -212,9 +212,37 @@ def test_gemm(transA, transB, c_shape):
 
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)),
-                                   ((2, 1, 3, 4), (5, 4, 6)), ((4,), (4,))])
+                                   ((2, 1, 3, 4), (5, 4, 6)), ((4,), (4,)), ((2, 3, 5, 4), (4, 6))])
 def test_matmul(sa, sb):
     check("MatMul", {"A": rand(*sa), "B": rand(*sb)})
+
+
+def test_matmul_stack_times_matrix_is_one_gemm():
+    """A (..., K) @ B (K, N) runs as one GEMM on A's rows: also for a transposed A and into out=."""
+    from rzrt.ops.gemm import MatMul
+    a, b = rand(3, 5, 2, 4).transpose(0, 2, 1, 3), rand(4, 6)
+    np.testing.assert_allclose(MatMul(a, b), np.matmul(a, b), rtol=1e-6)
+    out = np.empty((3, 2, 5, 6), np.float32)
+    assert MatMul(a, b, out=out) is out
+    np.testing.assert_allclose(out, np.matmul(a, b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("equation,shapes", [
+    ("bghid,bghjd->bghij", [(1, 2, 3, 5, 4), (1, 2, 3, 6, 4)]),       # MaxViT's attention scores
+    ("bghij,bghjd->bghid", [(1, 2, 3, 5, 6), (1, 2, 3, 6, 4)]),       # ... and values
+    ("ij,jk", [(3, 4), (4, 5)]),                                       # implicit output
+    ("ij,kj->ki", [(3, 4), (5, 4)]),                                   # output transposed
+    ("ij,ij->", [(3, 4), (3, 4)]),                                     # full contraction
+    ("i,j->ij", [(3,), (4,)]),                                         # outer product
+    ("bij,jk->bki", [(2, 3, 4), (4, 5)]),
+    ("abc,cd->d", [(2, 3, 4), (4, 5)]),                                # a and b summed away first
+    ("ii->i", [(3, 3)]),                                               # one operand: numpy's einsum
+    ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)]),                        # three operands: numpy's einsum
+    ("...ij,...jk->...ik", [(2, 3, 4), (2, 4, 5)]),                    # ellipsis: numpy's einsum
+])
+def test_einsum(equation, shapes):
+    inputs = {f"x{i}": rand(*s) for i, s in enumerate(shapes)}
+    check("Einsum", inputs, dict(equation=equation), rtol=1e-5, atol=1e-5)
 
 
 # --- elementwise ------------------------------------------------------------------------
