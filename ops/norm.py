@@ -59,15 +59,26 @@ def LayerNormalization(X, Scale, B=None, *, axis=-1, epsilon=1e-5, stash_type=1)
     """y = (x - mean) / sqrt(var + eps) * Scale + B over the axes from `axis` on.
     Also returns Mean and InvStdDev (the optional outputs), computed in float32 (stash_type=1)."""
     axis = axis % X.ndim
-    axes = tuple(range(axis, X.ndim))
     xf = X.astype(np.float32) if stash_type == 1 and X.dtype != np.float64 else X
-    mean = xf.mean(axis=axes, keepdims=True)
-    d = xf - mean
-    inv_std = 1 / np.sqrt((d * d).mean(axis=axes, keepdims=True) + epsilon)
-    Y = d * inv_std * Scale
+    k = int(np.prod(X.shape[axis:], dtype=np.int64))
+    lead = X.shape[:axis] + (1,) * (X.ndim - axis)
+    if k == 0 or xf.size == 0:
+        nan = np.full(lead, np.nan, xf.dtype)
+        return np.empty(X.shape, X.dtype), nan, nan
+    x = xf.reshape(-1, k)                                    # one row per normalised group
+    mean = x @ np.full(k, 1 / k, x.dtype)                    # row means as one GEMV
+    d = np.subtract(x, mean[:, None])
+    inv_std = np.einsum("ij,ij->i", d, d)                    # sum of squares, one pass, no temporary
+    inv_std /= k
+    inv_std += epsilon
+    np.sqrt(inv_std, out=inv_std)
+    np.reciprocal(inv_std, out=inv_std)
+    d *= inv_std[:, None]
+    Y = d.reshape(X.shape)
+    Y *= Scale
     if B is not None:
-        Y = Y + B
-    return Y.astype(X.dtype), mean.astype(xf.dtype), inv_std.astype(xf.dtype)
+        Y += B
+    return Y.astype(X.dtype, copy=False), mean.reshape(lead), inv_std.reshape(lead)
 
 
 @kernel("LRN", since=1, shape=_same_shape)

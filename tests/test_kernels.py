@@ -200,6 +200,16 @@ def test_batchnorm(shape):
     check("BatchNormalization", {"X": rand(*shape)}, dict(epsilon=1e-3), consts=consts)
 
 
+@pytest.mark.parametrize("shape,axis", [((2, 5, 5, 8), -1), ((2, 3, 4, 6), 1), ((3, 197, 64), 2), ((4, 6), 0)])
+def test_layernorm(shape, axis):
+    """LayerNormalization (rows of the trailing axes: a GEMV for the means, one pass for the squares),
+    all three outputs, against onnx's reference."""
+    x = rand(*shape) * 3 + 1
+    norm = shape[axis % len(shape):]
+    check("LayerNormalization", {"X": x}, dict(axis=axis, epsilon=1e-5), n_outputs=3,
+          consts={"Scale": rand(*norm), "B": rand(*norm)})
+
+
 @pytest.mark.parametrize("transA,transB", [(0, 0), (1, 0), (0, 1), (1, 1)])
 @pytest.mark.parametrize("c_shape", [None, (), (5,), (1, 5), (3, 5)])
 def test_gemm(transA, transB, c_shape):
