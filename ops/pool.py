@@ -3,13 +3,16 @@
     MaxPool:  Y[n, c, o] = max_j  Xpad[n, c, o*s + j*d]          (padding is -inf)
     AvgPool:  Y[n, c, o] = sum_j  Xpad[n, c, o*s + j*d] / count[o]
 
-The reduction runs tap by tap: K vectorised maximum/add passes over shifted views,
-rather than one reduction over a strided 2K-dimensional view.
+The reduction runs tap by tap, one axis at a time (max and box sums are separable): K1 + K2
+vectorised maximum/add passes over shifted views, rather than K1 * K2 or one reduction over a
+strided 2K-dimensional view.
 `count` is the number of taps inside the input (count_include_pad=0) or inside the
 input plus the model's pads (count_include_pad=1); ceil_mode's extra end padding never
 counts, as in PyTorch.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -42,13 +45,6 @@ def _pool_scratch(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_s
     pieces = [(padded, size)] if any(pb) or any(pe) or any(extra) else []
     pieces += [(xs[:2] + osp[:i + 1] + padded[3 + i:], size) for i in range(len(osp) - 1)]
     return scratch_bytes(*pieces)
-
-
-def _padded(X, pb, end, value, scratch):
-    if not any(pb) and not any(end):
-        return X
-    shape = X.shape[:2] + tuple(n + b + e for n, b, e in zip(X.shape[2:], pb, end))
-    return pad(X, pb, end, value=value, out=Carver(scratch).take(shape, X.dtype))
 
 
 def _lowest(dtype):
@@ -112,23 +108,44 @@ def AveragePool(X, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilat
     k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads,
                                                  auto_pad, ceil_mode)
     end = tuple(e + x for e, x in zip(pe, extra))
-    Xp = _padded(X, pb, end, 0, scratch)
+    mem = Carver(scratch)
+    Xp = X
+    if any(pb) or any(end):
+        shape = X.shape[:2] + tuple(n + b + e for n, b, e in zip(X.shape[2:], pb, end))
+        Xp = pad(X, pb, end, value=0, out=mem.take(shape, X.dtype))
     Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
-    Y.fill(0)
-    for _, view in offsets(Xp, k, s, d, osp):
-        Y += view
-    # count[o]: taps of window o that land on input (or on the model's own pads)
-    inside = np.ones((1, 1) + X.shape[2:], dtype=np.float64)
-    if count_include_pad:         # the model's pads, explicit or from auto_pad, count
+    # a box sum is separable too: sum over one axis at a time, K1 + K2 passes instead of K1 * K2
+    cur = Xp
+    for axis in range(len(osp)):
+        dst = Y if axis == len(osp) - 1 else mem.take(cur.shape[:2 + axis] + (osp[axis],) + cur.shape[3 + axis:],
+                                                        X.dtype)
+        lead = (slice(None),) * (2 + axis)
+        for j in range(k[axis]):
+            first = j * d[axis]
+            src = cur[lead + (slice(first, first + (osp[axis] - 1) * s[axis] + 1, s[axis]),)]
+            if j == 0:
+                np.copyto(dst, src)
+            else:
+                dst += src
+        cur = dst
+    Y /= _counts(X.shape[2:], k, s, d, pb, pe, extra, bool(count_include_pad), osp).astype(Y.dtype)
+    return Y
+
+
+@functools.lru_cache(maxsize=256)
+def _counts(spatial, k, s, d, pb, pe, extra, include_pad, osp) -> np.ndarray:
+    """count[o]: the taps of window o that land on the input (or on the model's own pads)."""
+    inside = np.ones((1, 1) + tuple(spatial), dtype=np.float64)
+    if include_pad:               # the model's pads, explicit or from auto_pad, count
         inside = pad(inside, pb, pe, value=1.0)
         mask = pad(inside, (0,) * len(pb), extra)
     else:
-        mask = pad(inside, pb, end)
-    count = np.zeros((1, 1) + osp)
+        mask = pad(inside, pb, tuple(e + x for e, x in zip(pe, extra)))
+    count = np.zeros((1, 1) + tuple(osp))
     for _, view in offsets(mask, k, s, d, osp):
         count += view
-    Y /= count.astype(Y.dtype)
-    return Y
+    count.flags.writeable = False
+    return count
 
 
 def _global_shape(x):
