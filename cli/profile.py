@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 import io
 import json
 from pathlib import Path
@@ -40,12 +41,13 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
             sess.run(None, feeds)
     records = sess.profile()
     plan = sess.memory_plan()
+    at_plan = Counter(n.op_type for n in sess.plan_time_nodes())
     stats, ops, nodes = run_stats(records), by_op_type(records), by_node(records)
     if trace:
         write_chrome_trace(records, trace)
     if as_json:
         click.echo(json.dumps({"model": model, "inputs": {k: list(v.shape) for k, v in feeds.items()},
-                               "level": sess.level, "passes": sess.pass_report, "stats": stats, "op_types": ops,
+                               "level": sess.level, "passes": sess.pass_report, "plan_time": dict(at_plan), "stats": stats, "op_types": ops,
                                "nodes": nodes, "memory": {k: v for k, v in plan.as_dict().items() if k != "values"},
                                "trace": trace}, indent=2))
         return
@@ -78,6 +80,9 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
                        f"{r['ms']:>8.3f}{r['share']:>7.1%}  {io_}")
     click.echo("")
     click.echo(f"memory plan: {plan.summary()}")
+    if at_plan:
+        click.echo(f"computed once at plan time (shape arithmetic): "
+                   f"{', '.join(f'{v} {k}' for k, v in at_plan.most_common())}")
     click.echo("passes:" + ("" if sess.pass_report else " none"))
     for line in sess.pass_report:
         click.echo(f"  {line}")

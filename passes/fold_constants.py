@@ -2,7 +2,8 @@
 
 Before:  y = Op(c1, c2)                (c1, c2 initializers; or a Constant node)
 After:   y is an initializer; the node is gone
-Conditions: a kernel exists; the op is deterministic (no Random*); the result is not
+Conditions: rzrt's own kernel exists (a user's kernel runs at run time, as written); the op is
+deterministic (no Random*); the result is not
 oversized (more than MAX_ELEMENTS and bigger than its inputs: e.g. an Expand of a scalar);
 a kernel that fails keeps the node and warns.
 """
@@ -13,6 +14,7 @@ import warnings
 import numpy as np
 
 from rzrt.ops import registry
+from rzrt.passes.fusion import is_builtin
 
 NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
                      "Bernoulli", "Dropout"}
@@ -26,7 +28,7 @@ def fold_constants(graph) -> bool:
         if n.op_type in NON_DETERMINISTIC or any(i and i not in inits for i in n.inputs):
             continue
         k = registry.lookup(n.op_type, n.domain, graph.opsets.get(n.domain))
-        if k is None:
+        if k is None or not is_builtin(graph, n):
             continue
         args = [inits[i] if i else None for i in n.inputs]
         kwargs = {a: v for a, v in n.attrs.items()}

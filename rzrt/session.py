@@ -17,7 +17,7 @@ from rzrt.graph import Graph, Value
 from rzrt.model import load_model
 from rzrt.ops import parallel, registry
 from rzrt.planner import MemoryPlan, Request, plan
-from rzrt.shapes import infer_shapes
+from rzrt.shapes import NON_DETERMINISTIC, infer_shapes
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,11 @@ class InferenceSession:
         """The plan for these input shapes ({name: shape}; default: the last run's, else dims of 1)."""
         return self._planned(input_shapes).plan
 
+    def plan_time_nodes(self, input_shapes: dict | None = None) -> list:
+        """The nodes the plan for these input shapes computed once, at plan time (shape arithmetic
+        on the input shapes and initializers), and no longer runs; level 0 has none."""
+        return list(self._planned(input_shapes).folded)
+
     def value_shapes(self, input_shapes: dict | None = None) -> dict:
         """{value name: (shape, dtype) or None} for these input shapes, as the plan sees them."""
         return dict(self._planned(input_shapes).shapes)
@@ -138,14 +143,18 @@ class InferenceSession:
 
     def _build_executor(self, feed_info: dict) -> Executor:
         g = self.graph
-        shapes = infer_shapes(self._steps, g.initializers, feed_info, g.opsets)
-        requests, shares, dynamic, specs = memory_requests(self._steps, shapes, g)
+        values = {}
+        shapes = infer_shapes(self._steps, g.initializers, feed_info, g.opsets, values)
+        run_steps, folded = self._steps, {}
+        if self.level >= 1:           # level 0 runs the graph as exported, every node every run
+            run_steps, folded = fold_at_plan_time(self._steps, values)
+        requests, shares, dynamic, specs = memory_requests(run_steps, shapes, g)
         if not self.memory_plan_enabled:
             requests, shares, specs = [], {}, {}
         mplan = plan(requests, shares, dynamic)
         arena = _aligned_bytes(mplan.arena_bytes) if requests else None
         steps = []
-        for s in self._steps:
+        for s in run_steps:
             s = dataclasses.replace(s)
             name = s.outputs[0] if len(s.outputs) == 1 else None
             if name in specs:
@@ -159,12 +168,17 @@ class InferenceSession:
                 off, n = mplan.offsets[key]
                 s.scratch = arena[off:off + n]
             steps.append(s)
+        if folded:
+            last_uses(steps, keep=g.output_names)
+        constants = {**g.initializers, **folded}
         if self.profiling:
             from rzrt.profiler import ProfilingExecutor
-            ex = ProfilingExecutor(steps, g.initializers, g.output_names, arena, sink=self._records)
+            ex = ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
         else:
-            ex = Executor(steps, g.initializers, g.output_names, arena)
+            ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes
+        kept = {id(s) for s in run_steps}
+        ex.folded = [s.node for s in self._steps if id(s) not in kept]      # computed once, at plan time
         return ex
 
     # --- checks ----------------------------------------------------------------------
@@ -229,6 +243,25 @@ def _thread_limiter(threads):
 
 def scratch_name(step: Step) -> str:
     return f"{step.node.name}/scratch"
+
+
+def fold_at_plan_time(steps, values: dict):
+    """(steps left to run, {value: array}): a step whose outputs shape inference computed (they
+    depend on the input shapes and initializers only: Shape -> Gather -> Unsqueeze -> Concat feeding
+    a Reshape) runs once, here, and its outputs become constants of this plan. Only rzrt's own
+    deterministic kernels: a user's kernel runs every time, as written."""
+    folded, left = {}, []
+    for s in steps:
+        outs = [o for o in s.outputs if o]
+        if outs and all(o in values for o in outs) and s.node.op_type not in NON_DETERMINISTIC \
+                and s.kernel.fn.__module__.startswith("rzrt.ops."):
+            for o in outs:
+                a = np.array(values[o])                  # the plan's own copy, read-only like an initializer
+                a.flags.writeable = False
+                folded[o] = a
+        else:
+            left.append(s)
+    return left, folded
 
 
 def memory_requests(steps, shapes: dict, graph: Graph):

@@ -21,16 +21,20 @@ NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli"}
 
 
-def infer_shapes(steps, initializers: dict, feeds: dict, opsets: dict) -> dict:
-    """name -> (shape tuple, np.dtype) or None, for every value the steps read or write."""
+def infer_shapes(steps, initializers: dict, feeds: dict, opsets: dict, values: dict | None = None) -> dict:
+    """name -> (shape tuple, np.dtype) or None, for every value the steps read or write.
+    `values`, if given, receives the values computed here: those that depend on the input shapes
+    and the initializers alone (Shape -> Gather -> Concat ...), never on the input data."""
     info = {name: (a.shape, a.dtype) for name, a in initializers.items()}
     info.update(feeds)
-    known = {name: a for name, a in initializers.items() if a.size <= SMALL}
+    known = {name: a for name, a in initializers.items() if a.size <= SMALL and name not in feeds}
     for step in steps:
         outs = _infer_step(step, info, known, opsets)
         for name, value in zip(step.outputs, outs):
             if name:
                 info[name] = value
+    if values is not None:
+        values.update((n, a) for n, a in known.items() if n not in initializers)
     return info
 
 

@@ -218,3 +218,80 @@ def test_clip_absent_bound_is_the_types_limit(dtype, tp, bounds):
         for level in (0, 2):
             got = rzrt.InferenceSession(m, level=level).run(None, {"X": x})[0]
             np.testing.assert_array_equal(got, want, err_msg=f"level {level}")
+
+
+def _flatten_by_shape_model(extra_outputs=()):
+    """y = Reshape(x, [Shape(x)[0], -1]) with the target built by Shape -> Gather -> Unsqueeze ->
+    Concat, as torch exports a flatten with a dynamic batch; `s` (the shape) may be an output too."""
+    nodes = [h.make_node("Shape", ["x"], ["s"]),
+             h.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             h.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+             h.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+             h.make_node("Reshape", ["x", "target"], ["y"])]
+    inits = {"zero": np.array(0, np.int64), "zero1": np.array([0], np.int64), "minus1": np.array([-1], np.int64)}
+    outputs = [vi("y", None)] + [vi(o, None, TP.INT64) for o in extra_outputs]
+    return model(nodes, [vi("x", ["N", 3, 4, 5])], outputs, inits)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_shape_arithmetic_runs_once_per_plan(level):
+    """Shape -> Gather -> Unsqueeze -> Concat depends on the input's shape alone: each plan (one per
+    input shape) computes it once and runs only the Reshape. Batch 2 and batch 5 each get their own."""
+    m = _flatten_by_shape_model()
+    s = rzrt.InferenceSession(m, level=level)
+    for n in (2, 5, 2):
+        x = f32(n, 3, 4, 5)
+        (y,) = s.run(None, {"x": x})
+        np.testing.assert_array_equal(y, x.reshape(n, -1))
+        assert sorted(node.op_type for node in s.plan_time_nodes({"x": (n, 3, 4, 5)})) == \
+            ["Concat", "Gather", "Shape", "Unsqueeze"]
+    assert rzrt.InferenceSession(m, level=0).plan_time_nodes({"x": (2, 3, 4, 5)}) == []   # level 0: as exported
+    agree(m, {"x": f32(3, 3, 4, 5)})
+
+
+def test_plan_time_values_as_outputs_are_the_callers_own():
+    """A shape computed at plan time and asked for as an output: a fresh, writable array each run."""
+    s = rzrt.InferenceSession(_flatten_by_shape_model(extra_outputs=("s",)))
+    _, a = s.run(None, {"x": f32(2, 3, 4, 5)})
+    np.testing.assert_array_equal(a, [2, 3, 4, 5])
+    a[0] = 99
+    _, b = s.run(None, {"x": f32(2, 3, 4, 5)})
+    np.testing.assert_array_equal(b, [2, 3, 4, 5])
+    assert a.flags.writeable and b.flags.writeable
+
+
+def test_a_users_kernel_is_never_folded():
+    """A user's kernel on values known at plan time (here the input's shape) runs at every run, as
+    written (it may count, log, ...); the Shape before it is folded."""
+    calls = []
+
+    def counted(X):
+        calls.append(1)
+        return X + 1
+
+    m = model([h.make_node("Shape", ["x"], ["s"]), h.make_node("Counted", ["s"], ["y"], domain="com.example")],
+              [vi("x", [2, 3])], [vi("y", None, TP.INT64)])
+    p = __import__("onnx").load_from_string(m)
+    p.opset_import.append(h.make_opsetid("com.example", 1))
+    with rzrt.registry_scope():
+        rzrt.register_op("Counted", domain="com.example")(counted)
+        s = rzrt.InferenceSession(p.SerializeToString())
+        s.run(None, {"x": f32(2, 3)})          # plans (shape inference calls it too)
+        before = len(calls)
+        for _ in range(3):
+            np.testing.assert_array_equal(s.run(None, {"x": f32(2, 3)})[0], [3, 4])
+        assert [n.op_type for n in s.plan_time_nodes()] == ["Shape"]
+    assert len(calls) - before == 3
+
+
+def test_fold_constants_leaves_a_users_kernel_alone():
+    """fold_constants runs rzrt's own kernels only: a user's kernel on an initializer stays a node."""
+    m = model([h.make_node("Counted", ["k"], ["k1"], domain="com.example"), h.make_node("Add", ["x", "k1"], ["y"])],
+              [vi("x", [2])], [vi("y", None)], {"k": np.ones(2, np.float32)})
+    p = __import__("onnx").load_from_string(m)
+    p.opset_import.append(h.make_opsetid("com.example", 1))
+    with rzrt.registry_scope():
+        rzrt.register_op("Counted", domain="com.example")(lambda X: X + 1)
+        s = rzrt.InferenceSession(p.SerializeToString(), level=2)
+        assert "Counted" in [n.op_type for n in s.graph.nodes]
+        np.testing.assert_allclose(s.run(None, {"x": np.zeros(2, np.float32)})[0], [2, 2])
