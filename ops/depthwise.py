@@ -161,10 +161,13 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
                 act(y)
 
 
-def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
+def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in=False, nhwc_out=False) -> None:
     """Y = act(depthwise(X, W) + B + Z) for small planes, channels innermost:
-    Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j], one einsum per image."""
-    n, c, h, w = X.shape
+    Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j], one einsum per image.
+    X and Y are NCHW, transposed in and out here, unless nhwc_in / nhwc_out say they are already
+    channels-last (N, H, W, C) (rzrt/layout.py: a MobileNet block's 1x1 convolutions read and write them so)."""
+    n, c = X.shape[0], W.shape[0]
+    h, w = X.shape[1:3] if nhwc_in else X.shape[2:]
     xp = mem.take((h + pb[0] + pe[0], w + pb[1] + pe[1], c), X.dtype)
     acc = mem.take(tuple(osp) + (c,), Y.dtype)
     xp[:pb[0]], xp[pb[0] + h:], xp[:, :pb[1]], xp[:, pb[1] + w:] = 0, 0, 0, 0      # the zero border
@@ -172,14 +175,20 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> 
     r, q, ch = xp.strides
     win = as_strided(xp, tuple(osp) + tuple(k) + (c,), (r * s[0], q * s[1], r * d[0], q * d[1], ch), writeable=False)
     for i in range(n):
-        xp[pb[0]:pb[0] + h, pb[1]:pb[1] + w] = X[i].transpose(1, 2, 0)
-        np.einsum("hwijc,ijc->hwc", win, taps, out=acc)
-        y = Y[i]
-        if B is not None:
-            np.add(acc.transpose(2, 0, 1), B.reshape(c, 1, 1), out=y)
+        xp[pb[0]:pb[0] + h, pb[1]:pb[1] + w] = X[i] if nhwc_in else X[i].transpose(1, 2, 0)
+        if nhwc_out:                                     # (no residual: conv() refuses one here)
+            y = Y[i]
+            np.einsum("hwijc,ijc->hwc", win, taps, out=y)
+            if B is not None:
+                y += B
         else:
-            np.copyto(y, acc.transpose(2, 0, 1))
-        if Z is not None:
-            y += Z[i]
+            np.einsum("hwijc,ijc->hwc", win, taps, out=acc)
+            y = Y[i]
+            if B is not None:
+                np.add(acc.transpose(2, 0, 1), B.reshape(c, 1, 1), out=y)
+            else:
+                np.copyto(y, acc.transpose(2, 0, 1))
+            if Z is not None:
+                y += Z[i]
         if act is not None:
             act(y)

@@ -14,6 +14,7 @@ import numpy as np
 from rzrt.errors import InputError, ModelError, UnsupportedOpError
 from rzrt.executor import Executor, Step, last_uses
 from rzrt.graph import Graph, Value
+from rzrt.layout import channels_last_blocks
 from rzrt.model import load_model
 from rzrt.ops import parallel, registry
 from rzrt.planner import MemoryPlan, Request, plan
@@ -148,6 +149,9 @@ class InferenceSession:
         run_steps, folded = self._steps, {}
         if self.level >= 1:           # level 0 runs the graph as exported, every node every run
             run_steps, folded = fold_at_plan_time(self._steps, values)
+        if self.level >= 2:           # MobileNet blocks channels-last where that saves transposes
+            shapes = dict(shapes)
+            run_steps = channels_last_blocks(run_steps, shapes, g.output_names)
         requests, shares, dynamic, specs = memory_requests(run_steps, shapes, g)
         if not self.memory_plan_enabled:
             requests, shares, specs = [], {}, {}

@@ -1,0 +1,81 @@
+"""rzrt/layout.py: a MobileNet block (1x1 -> small-plane depthwise -> 1x1) keeps its inner values
+channels-last; outputs equal the plain run (level 0) and onnxruntime, and only private values change."""
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as TP, helper as h, numpy_helper
+
+import rzrt
+
+rng = np.random.default_rng(3)
+
+
+def f32(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=True):
+    """x -> 1x1 (c->e) + Clip -> depthwise 3x3 (stride) + Clip -> 1x1 (e->c) [+ x] -> y."""
+    clip = [h.make_tensor("lo", TP.FLOAT, [], [0.0]), h.make_tensor("hi", TP.FLOAT, [], [6.0])]
+    nodes = [h.make_node("Conv", ["x", "we", "be"], ["e0"])]
+    nodes += [h.make_node("Clip", ["e0", "lo", "hi"], ["e"])] if act_e else [h.make_node("Identity", ["e0"], ["e"])]
+    nodes += [h.make_node("Conv", ["e", "wd", "bd"], ["d0"], group=e, pads=[1, 1, 1, 1], strides=[stride] * 2),
+              h.make_node("Clip", ["d0", "lo", "hi"], ["d"]),
+              h.make_node("Conv", ["d", "wp", "bp"], ["p"])]
+    nodes += [h.make_node("Add", ["p", "x"], ["y"])] if residual and stride == 1 else [h.make_node("Identity", ["p"], ["y"])]
+    inits = {"we": f32(e, c, 1, 1), "be": f32(e), "wd": f32(e, 1, 3, 3), "bd": f32(e), "wp": f32(c, e, 1, 1),
+             "bp": f32(c)}
+    g = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", TP.FLOAT, ["N", c, hw, hw])],
+                     [h.make_tensor_value_info(n, TP.FLOAT, None) for n in ("y",) + tuple(extra_outputs)],
+                     initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()] + clip)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def layouts(sess, shape):
+    """{value: shape} of the block's inner values in the plan for this input shape."""
+    vs = sess.value_shapes({"x": shape})
+    return {name: vs[name][0] for name in vs if name in ("e", "d", "e0", "d0")}
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("hw,stride", [(14, 1), (7, 1), (14, 2), (9, 2)])
+@pytest.mark.parametrize("memory_plan", [True, False])
+def test_block_runs_channels_last_and_agrees(n, hw, stride, memory_plan):
+    m = block(hw=hw, stride=stride)
+    x = f32(n, 16, hw, hw)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    plain = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
+    s = rzrt.InferenceSession(m, level=2, memory_plan=memory_plan)
+    for _ in range(2):
+        got = s.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
+    inner = [v for v in layouts(s, x.shape).values()]
+    ho = (hw - 1) // stride + 1
+    assert (n, hw, hw, 48) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
+
+
+def test_values_seen_outside_stay_nchw():
+    """The expansion's output is also a graph output: that link stays NCHW; the other one still goes."""
+    m = block(extra_outputs=("e",))
+    s = rzrt.InferenceSession(m, level=2)
+    x = f32(2, 16, 14, 14)
+    y, e = s.run(None, {"x": x})
+    y0, e0 = rzrt.InferenceSession(m, level=0).run(None, {"x": x})
+    assert e.shape == (2, 48, 14, 14)
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(e, e0, rtol=1e-5, atol=1e-5)
+    shapes = layouts(s, x.shape)
+    assert shapes["e"] == (2, 48, 14, 14) and shapes["d"] == (2, 14, 14, 48)
+
+
+def test_large_planes_and_level_1_stay_nchw():
+    """A 32x32 depthwise runs planar (no channels-last to share); level 1 never changes layouts."""
+    assert set(layouts(rzrt.InferenceSession(block(hw=32), level=2), (1, 16, 32, 32)).values()) == \
+        {(1, 48, 32, 32)}
+    assert set(layouts(rzrt.InferenceSession(block(hw=14), level=1), (1, 16, 14, 14)).values()) == \
+        {(1, 48, 14, 14)}
