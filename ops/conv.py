@@ -71,10 +71,16 @@ def _is_depthwise(c, m, group, w_shape):
 
 
 def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-                 strides=None, **_):
+                 strides=None, _nhwc_in=False, _nhwc_out=False, **_):
     (xs, dt), (ws, _) = x, w
+    if _nhwc_in:                                     # x is (N, H, W, C): its logical shape is NCHW
+        xs = (xs[0], xs[-1]) + tuple(xs[1:-1])
     k, s, d, pb, pe, osp = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
     size = np.dtype(dt).itemsize
+    if _nhwc_in or _nhwc_out:                        # rzrt/layout.py's links: depthwise or a plain 1x1 GEMM
+        if _is_depthwise(xs[1], ws[0], group, ws):
+            return scratch_bytes(*depthwise.channels_last_pieces(xs, pb, pe, osp, size))
+        return 0
     if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:
         return scratch_bytes(*depthwise.scratch_pieces(xs, k, s, d, pb, pe, osp, size))
     pieces = []

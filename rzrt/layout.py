@@ -20,6 +20,7 @@ from rzrt.ops import conv as convops
 from rzrt.ops import depthwise
 
 CONVS = {("", "Conv"), ("rzrt", "FusedConv")}
+LAYOUT_FLAGS = ("_nhwc_in", "_nhwc_out")      # step kwargs the kernels (and their scratch rules) read
 
 
 def _conv_info(step, shapes):
@@ -51,14 +52,18 @@ def _pointwise(step, shapes) -> bool:
     return step.kwargs.get("group", 1) == 1 and k == (1, 1) and s == (1, 1) and not any(pb) and not any(pe)
 
 
-def _depthwise_channels_last(step, shapes) -> bool:
+def _depthwise(step, shapes):
+    """'small' for a depthwise convolution that runs channels-last anyway (a small plane), 'linked'
+    for one that does when both its neighbours are linked, else None."""
     info = _conv_info(step, shapes)
     if info is None or _has_residual(step):
-        return False
-    (xs, xdt), (ws, _), (_, _, _, _, _, osp) = info
-    c = xs[1]
-    return step.kwargs.get("group", 1) == c == ws[0] and ws[1] == 1 and xdt.itemsize >= 4 \
-        and depthwise.channels_last(osp, xdt.itemsize) and xdt.kind == "f"
+        return None
+    (xs, xdt), (ws, _), (_, s, _, _, _, osp) = info
+    if not (step.kwargs.get("group", 1) == xs[1] == ws[0] and ws[1] == 1 and xdt.kind == "f"):
+        return None
+    if depthwise.channels_last(osp, xdt.itemsize):
+        return "small"
+    return "linked" if depthwise.channels_last_linked(osp, s, xdt.itemsize) else None
 
 
 def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
@@ -82,15 +87,19 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
         return value not in outputs and readers.get(value) == [reader]
 
     for i, s in enumerate(steps):
-        if not _depthwise_channels_last(s, shapes):
+        kind = _depthwise(s, shapes)
+        if kind is None:
             continue
         x, y = s.inputs[0], s.outputs[0]
-        e = producer.get(x)
-        if e is not None and private(x, i) and _pointwise(steps[e], shapes) and not _has_residual(steps[e]):
+        e, p = producer.get(x), readers.get(y, [None])[0]
+        link_in = e is not None and private(x, i) and _pointwise(steps[e], shapes) and not _has_residual(steps[e])
+        link_out = p is not None and private(y, p) and _pointwise(steps[p], shapes) and steps[p].inputs[0] == y
+        if kind == "linked" and not (link_in and link_out):
+            continue                                  # a larger plane pays for channels-last only untransposed
+        if link_in:
             mark(e, _nhwc_out=True)
             mark(i, _nhwc_in=True)
-        p = readers.get(y, [None])[0]
-        if p is not None and private(y, p) and _pointwise(steps[p], shapes) and steps[p].inputs[0] == y:
+        if link_out:
             mark(i, _nhwc_out=True)
             mark(p, _nhwc_in=True)
     out = list(steps)

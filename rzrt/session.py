@@ -14,7 +14,7 @@ import numpy as np
 from rzrt.errors import InputError, ModelError, UnsupportedOpError
 from rzrt.executor import Executor, Step, last_uses
 from rzrt.graph import Graph, Value
-from rzrt.layout import channels_last_blocks
+from rzrt.layout import LAYOUT_FLAGS, channels_last_blocks
 from rzrt.model import load_model
 from rzrt.ops import parallel, registry
 from rzrt.planner import MemoryPlan, Request, plan
@@ -294,7 +294,7 @@ def memory_requests(steps, shapes: dict, graph: Graph):
     for i, s in enumerate(steps):
         k = s.kernel
         ins = [shapes.get(n) if n else None for n in s.inputs]
-        attrs = {a: v for a, v in s.kwargs.items() if not a.startswith("_")}
+        attrs = {a: v for a, v in s.kwargs.items() if not a.startswith("_") or a in LAYOUT_FLAGS}
         if k.scratch is not None and k.takes_scratch and all(x is not None for n, x in zip(s.inputs, ins) if n):
             try:
                 nbytes = k.scratch(*ins, **attrs)

@@ -42,7 +42,7 @@ def layouts(sess, shape):
 
 
 @pytest.mark.parametrize("n", [1, 3])
-@pytest.mark.parametrize("hw,stride", [(14, 1), (7, 1), (14, 2), (9, 2)])
+@pytest.mark.parametrize("hw,stride", [(14, 1), (7, 1), (14, 2), (9, 2), (28, 1), (40, 2)])
 @pytest.mark.parametrize("memory_plan", [True, False])
 def test_block_runs_channels_last_and_agrees(n, hw, stride, memory_plan):
     m = block(hw=hw, stride=stride)
@@ -74,8 +74,25 @@ def test_values_seen_outside_stay_nchw():
 
 
 def test_large_planes_and_level_1_stay_nchw():
-    """A 32x32 depthwise runs planar (no channels-last to share); level 1 never changes layouts."""
-    assert set(layouts(rzrt.InferenceSession(block(hw=32), level=2), (1, 16, 32, 32)).values()) == \
-        {(1, 48, 32, 32)}
+    """A 40x40 depthwise at stride 1 runs planar (channels-last does not pay there); a 28x28 one goes
+    channels-last only with both links (here the expansion is also an output: planar); level 1 never
+    changes layouts."""
+    assert set(layouts(rzrt.InferenceSession(block(hw=40), level=2), (1, 16, 40, 40)).values()) == \
+        {(1, 48, 40, 40)}
+    assert set(layouts(rzrt.InferenceSession(block(hw=28, extra_outputs=("e",)), level=2),
+                       (1, 16, 28, 28)).values()) == {(1, 48, 28, 28)}
     assert set(layouts(rzrt.InferenceSession(block(hw=14), level=1), (1, 16, 14, 14)).values()) == \
         {(1, 48, 14, 14)}
+
+
+def test_scratch_is_planned_for_the_layout_that_runs():
+    """The linked depthwise's scratch is sized from its logical NCHW shape: its padded (H, W, C) copy
+    and output fit exactly where the plan put them (a too small piece would fail to reshape)."""
+    from rzrt.ops.conv import conv_scratch
+    n, c, hw = 2, 48, 40
+    geo = dict(group=c, pads=[1, 1, 1, 1], strides=[2, 2])
+    nbytes = conv_scratch(((n, hw, hw, c), np.dtype(np.float32)), ((c, 1, 3, 3), np.dtype(np.float32)),
+                          _nhwc_in=True, _nhwc_out=True, **geo)
+    assert nbytes == (42 * 42 * c * 4 + 63) // 64 * 64 + (20 * 20 * c * 4 + 63) // 64 * 64
+    assert conv_scratch(((n, hw, hw, c), np.dtype(np.float32)), ((16, c, 1, 1), np.dtype(np.float32)),
+                        _nhwc_in=True) == 0
