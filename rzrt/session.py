@@ -149,6 +149,8 @@ class InferenceSession:
         run_steps, folded = self._steps, {}
         if self.level >= 1:           # level 0 runs the graph as exported, every node every run
             run_steps, folded = fold_at_plan_time(self._steps, values)
+        kept = {id(s) for s in run_steps}
+        folded_nodes = [s.node for s in self._steps if id(s) not in kept]      # computed once, at plan time
         if self.level >= 2:           # MobileNet blocks channels-last where that saves transposes
             shapes = dict(shapes)
             run_steps = channels_last_blocks(run_steps, shapes, g.output_names)
@@ -181,8 +183,7 @@ class InferenceSession:
         else:
             ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes
-        kept = {id(s) for s in run_steps}
-        ex.folded = [s.node for s in self._steps if id(s) not in kept]      # computed once, at plan time
+        ex.folded = folded_nodes
         return ex
 
     # --- checks ----------------------------------------------------------------------

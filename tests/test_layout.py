@@ -57,6 +57,7 @@ def test_block_runs_channels_last_and_agrees(n, hw, stride, memory_plan):
     inner = [v for v in layouts(s, x.shape).values()]
     ho = (hw - 1) // stride + 1
     assert (n, hw, hw, 48) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
+    assert s.plan_time_nodes() == []                     # relaid-out steps still run (not "folded")
 
 
 def test_values_seen_outside_stay_nchw():
