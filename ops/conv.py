@@ -80,7 +80,8 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     if _nhwc_in or _nhwc_out:                        # rzrt/layout.py's links: depthwise or a plain 1x1 GEMM
         if _is_depthwise(xs[1], ws[0], group, ws):
             return scratch_bytes(*depthwise.channels_last_pieces(xs, pb, pe, osp, size))
-        return 0
+        has_bias = len(rest) > 0 and rest[0] is not None
+        return scratch_bytes((((prod(osp), xs[1] + 1)), size)) if _nhwc_out and has_bias else 0   # [X^T | 1]
     if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:
         return scratch_bytes(*depthwise.scratch_pieces(xs, k, s, d, pb, pe, osp, size))
     pieces = []
@@ -144,7 +145,7 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         if _is_depthwise(c, m, group, W.shape):
             depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out)
         else:
-            _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out)
+            _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem)
         return Y
     if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
         Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
@@ -175,21 +176,34 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return Y
 
 
-def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out):
+NHWC_ROWS = 4096     # pixels per GEMM band of a channels-last 1x1 output: its activation runs in cache
+
+
+def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem):
     """A 1x1 convolution with X or Y channels-last: the same GEMM, one operand transposed
-    (BLAS reads the transpose in place): Y[i] (L, M) = X[i] (C, L)^T @ W^T, or Y[i] = W @ X[i] (L, C)^T."""
+    (BLAS reads the transpose in place): Y[i] (L, M) = X[i] (C, L)^T @ W^T, or Y[i] = W @ X[i] (L, C)^T.
+    Writing channels-last, the bias rides in the GEMM, [X^T | 1] @ [W^T; B], and the GEMM runs in
+    bands of NHWC_ROWS pixels so the activation finds each band in cache."""
     n, m = Y.shape[0], W.shape[0]
     W2 = W.reshape(m, -1)
     c = W2.shape[1]
+    if nhwc_out and B is not None:
+        xt = mem.take((Y[0].size // m, c + 1), X.dtype)              # [X^T | 1], one image at a time
+        xt[:, c] = 1
     for i in range(n):
         x = X[i].reshape(-1, c).T if nhwc_in else X[i].reshape(c, -1)        # (C, L)
         if nhwc_out:
-            y = Y[i].reshape(-1, m)
-            np.matmul(x.T, weights_transposed(W), out=y)
+            y, L = Y[i].reshape(-1, m), x.shape[1]
             if B is not None:
-                y += B
-            if act is not None:
-                act(y)
+                Wt = weights_with_bias_transposed(W, B)
+                xt[:, :c] = x.T
+            else:
+                Wt, xt = weights_transposed(W), x.T
+            for r0 in range(0, L, NHWC_ROWS):
+                band = y[r0:r0 + NHWC_ROWS]
+                np.matmul(xt[r0:r0 + NHWC_ROWS], Wt, out=band)
+                if act is not None:
+                    act(band)
         else:
             y = Y[i].reshape(1, m, -1)
             np.matmul(W2, x, out=y[0])
@@ -265,6 +279,20 @@ def weights_transposed(W) -> np.ndarray:
         _transposed[id(W)] = Wt
         weakref.finalize(W, _transposed.pop, id(W), None)
     return Wt
+
+
+def weights_with_bias_transposed(W, B) -> np.ndarray:
+    """[W^T; B] as (C*K + 1, M), for a channels-last output; kept for constant weights."""
+    key = (id(W), id(B), "T")
+    hit = _with_bias.get(key)
+    if hit is not None:
+        return hit
+    WtB = np.ascontiguousarray(weights_with_bias(W, B).T)
+    if registry.is_constant(W) and registry.is_constant(B):
+        _with_bias[key] = WtB
+        for a in (W, B):
+            weakref.finalize(a, _with_bias.pop, key, None)
+    return WtB
 
 
 OUT_BYTES = 1 << 30    # a 1x1 convolution's output band (whole images: one big GEMM beats cache-sized bands here)

@@ -16,10 +16,10 @@ def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=True):
+def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=True, bias_e=True):
     """x -> 1x1 (c->e) + Clip -> depthwise 3x3 (stride) + Clip -> 1x1 (e->c) [+ x] -> y."""
     clip = [h.make_tensor("lo", TP.FLOAT, [], [0.0]), h.make_tensor("hi", TP.FLOAT, [], [6.0])]
-    nodes = [h.make_node("Conv", ["x", "we", "be"], ["e0"])]
+    nodes = [h.make_node("Conv", ["x", "we"] + (["be"] if bias_e else []), ["e0"])]
     nodes += [h.make_node("Clip", ["e0", "lo", "hi"], ["e"])] if act_e else [h.make_node("Identity", ["e0"], ["e"])]
     nodes += [h.make_node("Conv", ["e", "wd", "bd"], ["d0"], group=e, pads=[1, 1, 1, 1], strides=[stride] * 2),
               h.make_node("Clip", ["d0", "lo", "hi"], ["d"]),
@@ -58,6 +58,17 @@ def test_block_runs_channels_last_and_agrees(n, hw, stride, memory_plan):
     ho = (hw - 1) // stride + 1
     assert (n, hw, hw, 48) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
     assert s.plan_time_nodes() == []                     # relaid-out steps still run (not "folded")
+
+
+@pytest.mark.parametrize("bias_e,act_e", [(False, False), (False, True), (True, False)])
+def test_block_variants(bias_e, act_e):
+    """The channels-last expansion with and without its bias (in the GEMM) and activation (per band)."""
+    m = block(hw=20, stride=2, bias_e=bias_e, act_e=act_e)
+    x = f32(2, 16, 20, 20)
+    want = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
+    s = rzrt.InferenceSession(m, level=2)
+    np.testing.assert_allclose(s.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+    assert (2, 20, 20, 48) in layouts(s, x.shape).values()
 
 
 def test_values_seen_outside_stay_nchw():
