@@ -79,7 +79,7 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     size = np.dtype(dt).itemsize
     if _nhwc_in or _nhwc_out:                        # rzrt/layout.py's links: depthwise or a plain 1x1 GEMM
         if _is_depthwise(xs[1], ws[0], group, ws):
-            return scratch_bytes(*depthwise.channels_last_pieces(xs, pb, pe, osp, size))
+            return scratch_bytes(*depthwise.channels_last_pieces(xs, k, s, d, pb, pe, osp, size))
         has_bias = len(rest) > 0 and rest[0] is not None
         return scratch_bytes((((prod(osp), xs[1] + 1)), size)) if _nhwc_out and has_bias else 0   # [X^T | 1]
     if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:

@@ -30,12 +30,14 @@ thousands of tiny matmuls over rows of 7 or 14.
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from numpy.lib.stride_tricks import as_strided
 
+from rzrt.ops import registry
 from rzrt.ops.window import prod
 
 STACK_BYTES = 1 << 20      # the tap stack of one channel block: 1 MB beat 256 KB, 512 KB and 4 MB here
@@ -97,24 +99,20 @@ def channels_last(osp, itemsize) -> bool:
 
 
 # With no transposes to pay (rzrt/layout.py links the 1x1 convolutions on both sides), channels-last
-# also wins on larger planes and at any stride: 96ch 112x112 stride 2, 1375 -> ~890 us; 144ch 56x56
-# stride 2, 585 -> ~280 us; 192ch 28x28, 431 -> ~330 us. Not on 144ch 56x56 at stride 1 (1203 vs 1293).
-LINKED_PIXELS = 1024
+# wins on every plane and stride once a pixel holds a few vectors of channels. 3x3, one image,
+# planar vs linked channels-last in us: 32ch 112x112 819 vs 760, 144ch 56x56 1072 vs 815, 96ch
+# 112x112 stride 2 1426 vs 991, 144ch 56x56 stride 2 625 vs 364, 192ch 28x28 438 vs 308;
+# 16ch 112x112 418 vs 429 (5x5: the same split).
+LINKED_MIN_CHANNELS = 32
 
 
-def channels_last_linked(osp, s, itemsize) -> bool:
-    return itemsize >= 4 and (prod(osp) <= LINKED_PIXELS or max(s) > 1)
-
-
-def channels_last_pieces(x_shape, pb, pe, osp, itemsize) -> list:
-    """The channels-last kernel's scratch: the padded image (H, W, C) and its output (Ho, Wo, C)."""
-    padded = tuple(x + b + e for x, b, e in zip(x_shape[2:], pb, pe))
-    return [(padded + (x_shape[1],), itemsize), (tuple(osp) + (x_shape[1],), itemsize)]
+def channels_last_linked(c, itemsize) -> bool:
+    return itemsize >= 4 and c >= LINKED_MIN_CHANNELS
 
 
 def scratch_pieces(x_shape, k, s, d, pb, pe, osp, itemsize) -> list:
     if channels_last(osp, itemsize):
-        return channels_last_pieces(x_shape, pb, pe, osp, itemsize)
+        return channels_last_pieces(x_shape, k, s, d, pb, pe, osp, itemsize)
     acc = max(itemsize, 4)
     lay = layout(tuple(x_shape), k, s, d, pb, pe, osp, acc)
     c = x_shape[1]
@@ -176,33 +174,113 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem) -> None:
                 act(y)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """The padded channels-last image split into s column phases, P[r, b, q, c] = Xpad[r, q*s + b, c]:
+    kernel column j then reads one contiguous run of Wo*C values per output row, from phase
+    b_j = j*d % s at column q_j = j*d // s. The columns reading one phase sit at q0, q0 + step, ..."""
+    stride: int              # s, the column stride
+    width: int               # columns per phase
+    groups: tuple            # (phase b, q0, step, kernel columns j) per phase read
+
+
+@functools.lru_cache(maxsize=1024)
+def columns(wp, kw, sw, dw) -> Columns:
+    by_phase = {}
+    for j in range(kw):
+        by_phase.setdefault(j * dw % sw, []).append((j, j * dw // sw))
+    groups = []
+    for b, jq in sorted(by_phase.items()):
+        qs = [q for _, q in jq]
+        step = qs[1] - qs[0] if len(qs) > 1 else 1           # an arithmetic run: j steps by s/gcd(s, d)
+        groups.append((b, qs[0], step, tuple(j for j, _ in jq)))
+    return Columns(sw, -(-wp // sw), tuple(groups))
+
+
+def channels_last_pieces(x_shape, k, s, d, pb, pe, osp, itemsize) -> list:
+    """The channels-last kernel's scratch: the padded image in column phases, its output, and a
+    second output-sized buffer when the kernel columns read more than one phase."""
+    hp, wp = (x + b + e for x, b, e in zip(x_shape[2:], pb, pe))
+    cols, c = columns(wp, k[1], s[1], d[1]), x_shape[1]
+    out = prod(osp) * c
+    return [((hp, cols.stride, cols.width, c), itemsize), ((out,), itemsize),
+            ((out if len(cols.groups) > 1 else 0,), itemsize)]
+
+
+_tiled: dict = {}
+
+
+def tiled_taps(W, k, ow, cols: Columns, dtype) -> list:
+    """Per phase read: the taps W[c, i, j] of its kernel columns, repeated along the output row,
+    (kh, len(js), Wo*C), to match the runs einsum multiplies; kept for constant weights."""
+    key = (id(W), tuple(k), ow, cols.groups, np.dtype(dtype).str)
+    hit = _tiled.get(key)
+    if hit is not None:
+        return hit
+    c = W.shape[0]
+    taps = W.reshape(c, *k).transpose(1, 2, 0).astype(dtype)                    # (kh, kw, C)
+    out = []
+    for _, _, _, js in cols.groups:
+        t = taps[:, list(js)]                                                    # (kh, nj, C)
+        out.append(np.ascontiguousarray(np.broadcast_to(t[:, :, None], t.shape[:2] + (ow, c))).reshape(
+            t.shape[0], t.shape[1], ow * c))
+    if registry.is_constant(W):
+        _tiled[key] = out
+        weakref.finalize(W, _tiled.pop, key, None)
+    return out
+
+
 def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in=False, nhwc_out=False) -> None:
-    """Y = act(depthwise(X, W) + B + Z) for small planes, channels innermost:
-    Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j], one einsum per image.
+    """Y = act(depthwise(X, W) + B + Z), channels innermost:
+    Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j].
+    The padded image is copied into column phases (Columns), so that for each output row h, kernel
+    row i and kernel column j the values multiplied form one contiguous run of Wo*C: one einsum per
+    phase read does every tap with long inner loops (192ch 28x28: 422 -> 247 us over an einsum on
+    the (h, w, i, j, c) window, whose inner loop was the C channels of one pixel).
     X and Y are NCHW, transposed in and out here, unless nhwc_in / nhwc_out say they are already
     channels-last (N, H, W, C) (rzrt/layout.py: a MobileNet block's 1x1 convolutions read and write them so)."""
     n, c = X.shape[0], W.shape[0]
     h, w = X.shape[1:3] if nhwc_in else X.shape[2:]
-    xp = mem.take((h + pb[0] + pe[0], w + pb[1] + pe[1], c), X.dtype)
-    acc = mem.take(tuple(osp) + (c,), Y.dtype)
-    xp[:pb[0]], xp[pb[0] + h:], xp[:, :pb[1]], xp[:, pb[1] + w:] = 0, 0, 0, 0      # the zero border
-    taps = np.ascontiguousarray(W.reshape(c, *k).transpose(1, 2, 0), dtype=Y.dtype)      # (kh, kw, C)
-    r, q, ch = xp.strides
-    win = as_strided(xp, tuple(osp) + tuple(k) + (c,), (r * s[0], q * s[1], r * d[0], q * d[1], ch), writeable=False)
+    (kh, kw), (sh, sw), (dh, dw) = k, s, d
+    oh, ow = osp
+    hp, wp = h + pb[0] + pe[0], w + pb[1] + pe[1]
+    cols = columns(wp, kw, sw, dw)
+    xp = mem.take((hp, sw, cols.width, c), X.dtype)
+    acc, tmp = mem.take((oh, ow * c), Y.dtype), mem.take((oh, ow * c) if len(cols.groups) > 1 else (0,), Y.dtype)
+    # the zero border, once: the image's own values land on the same places for every image
+    xp[:pb[0]], xp[pb[0] + h:] = 0, 0
+    fills = []
+    for b in range(sw):
+        q0 = max(0, -(-(pb[1] - b) // sw))                  # the first column of phase b on the image
+        x0 = q0 * sw + b - pb[1]
+        q1 = q0 + len(range(x0, w, sw))
+        xp[pb[0]:pb[0] + h, b, :q0], xp[pb[0]:pb[0] + h, b, q1:] = 0, 0
+        fills.append((b, q0, q1, x0))
+    wts = tiled_taps(W, k, ow, cols, Y.dtype)
+    flat, item, row = xp.reshape(-1), xp.itemsize, sw * cols.width * c
+    views = [as_strided(flat[(b * cols.width + q0) * c:], (oh, kh, len(js), ow * c),
+                        (sh * row * item, dh * row * item, step * c * item, item), writeable=False)
+             for b, q0, step, js in cols.groups]
     for i in range(n):
-        xp[pb[0]:pb[0] + h, pb[1]:pb[1] + w] = X[i] if nhwc_in else X[i].transpose(1, 2, 0)
+        src = X[i] if nhwc_in else X[i].transpose(1, 2, 0)                          # (H, W, C)
+        for b, q0, q1, x0 in fills:
+            xp[pb[0]:pb[0] + h, b, q0:q1] = src[:, x0::sw]
+        y = Y[i].reshape(oh, ow * c) if nhwc_out else acc
+        for g, (view, wt) in enumerate(zip(views, wts)):
+            np.einsum("hijk,ijk->hk", view, wt, out=y if g == 0 else tmp)
+            if g:
+                y += tmp
         if nhwc_out:                                     # (no residual: conv() refuses one here)
             y = Y[i]
-            np.einsum("hwijc,ijc->hwc", win, taps, out=y)
             if B is not None:
                 y += B
         else:
-            np.einsum("hwijc,ijc->hwc", win, taps, out=acc)
+            a = acc.reshape(oh, ow, c).transpose(2, 0, 1)
             y = Y[i]
             if B is not None:
-                np.add(acc.transpose(2, 0, 1), B.reshape(c, 1, 1), out=y)
+                np.add(a, B.reshape(c, 1, 1), out=y)
             else:
-                np.copyto(y, acc.transpose(2, 0, 1))
+                np.copyto(y, a)
             if Z is not None:
                 y += Z[i]
         if act is not None:

@@ -58,12 +58,12 @@ def _depthwise(step, shapes):
     info = _conv_info(step, shapes)
     if info is None or _has_residual(step):
         return None
-    (xs, xdt), (ws, _), (_, s, _, _, _, osp) = info
+    (xs, xdt), (ws, _), (_, _, _, _, _, osp) = info
     if not (step.kwargs.get("group", 1) == xs[1] == ws[0] and ws[1] == 1 and xdt.kind == "f"):
         return None
     if depthwise.channels_last(osp, xdt.itemsize):
         return "small"
-    return "linked" if depthwise.channels_last_linked(osp, s, xdt.itemsize) else None
+    return "linked" if depthwise.channels_last_linked(xs[1], xdt.itemsize) else None
 
 
 def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:

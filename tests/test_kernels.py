@@ -99,6 +99,22 @@ def test_conv(case, bias):
 DEPTHWISE_2D = [case for case, (xs, ws, a) in CONV_CASES.items() if len(xs) == 4 and a.get("group", 1) == xs[1] == ws[0]]
 
 
+@pytest.mark.parametrize("case", DEPTHWISE_2D)
+def test_depthwise_channels_last_in_and_out(case):
+    """The channels-last kernel reading and writing (N, H, W, C) (rzrt/layout.py's links), with its
+    column phases, on every 2-D depthwise case: the same as the plain convolution, transposed."""
+    from rzrt.ops.conv import Conv, conv
+    xs, ws, attrs = CONV_CASES[case]
+    x, w, b = rand(2, *xs[1:]), rand(*ws), rand(ws[0])
+    want = Conv(x, w, b, **attrs)
+    relu = lambda y: np.maximum(y, 0, out=y)      # noqa: E731
+    xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    for nhwc_in, nhwc_out in [(True, True), (True, False), (False, True)]:
+        got = conv(xn if nhwc_in else x, w, b, None, relu, **attrs, nhwc_in=nhwc_in, nhwc_out=nhwc_out)
+        np.testing.assert_allclose(got.transpose(0, 3, 1, 2) if nhwc_out else got, np.maximum(want, 0),
+                                   rtol=1e-5, atol=1e-5, err_msg=f"in {nhwc_in} out {nhwc_out}")
+
+
 @pytest.mark.parametrize("layout", ["planar", "channels-last"])
 @pytest.mark.parametrize("case", DEPTHWISE_2D)
 def test_depthwise_both_layouts(case, layout, monkeypatch):

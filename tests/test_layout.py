@@ -16,16 +16,16 @@ def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=True, bias_e=True):
+def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=True, bias_e=True, k=3):
     """x -> 1x1 (c->e) + Clip -> depthwise 3x3 (stride) + Clip -> 1x1 (e->c) [+ x] -> y."""
     clip = [h.make_tensor("lo", TP.FLOAT, [], [0.0]), h.make_tensor("hi", TP.FLOAT, [], [6.0])]
     nodes = [h.make_node("Conv", ["x", "we"] + (["be"] if bias_e else []), ["e0"])]
     nodes += [h.make_node("Clip", ["e0", "lo", "hi"], ["e"])] if act_e else [h.make_node("Identity", ["e0"], ["e"])]
-    nodes += [h.make_node("Conv", ["e", "wd", "bd"], ["d0"], group=e, pads=[1, 1, 1, 1], strides=[stride] * 2),
+    nodes += [h.make_node("Conv", ["e", "wd", "bd"], ["d0"], group=e, pads=[k // 2] * 4, strides=[stride] * 2),
               h.make_node("Clip", ["d0", "lo", "hi"], ["d"]),
               h.make_node("Conv", ["d", "wp", "bp"], ["p"])]
     nodes += [h.make_node("Add", ["p", "x"], ["y"])] if residual and stride == 1 else [h.make_node("Identity", ["p"], ["y"])]
-    inits = {"we": f32(e, c, 1, 1), "be": f32(e), "wd": f32(e, 1, 3, 3), "bd": f32(e), "wp": f32(c, e, 1, 1),
+    inits = {"we": f32(e, c, 1, 1), "be": f32(e), "wd": f32(e, 1, k, k), "bd": f32(e), "wp": f32(c, e, 1, 1),
              "bp": f32(c)}
     g = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", TP.FLOAT, ["N", c, hw, hw])],
                      [h.make_tensor_value_info(n, TP.FLOAT, None) for n in ("y",) + tuple(extra_outputs)],
@@ -42,10 +42,11 @@ def layouts(sess, shape):
 
 
 @pytest.mark.parametrize("n", [1, 3])
-@pytest.mark.parametrize("hw,stride", [(14, 1), (7, 1), (14, 2), (9, 2), (28, 1), (40, 2)])
+@pytest.mark.parametrize("hw,stride,k", [(14, 1, 3), (7, 1, 3), (14, 2, 3), (9, 2, 3), (28, 1, 3), (40, 2, 3),
+                                         (40, 1, 3), (15, 2, 5), (11, 1, 5)])
 @pytest.mark.parametrize("memory_plan", [True, False])
-def test_block_runs_channels_last_and_agrees(n, hw, stride, memory_plan):
-    m = block(hw=hw, stride=stride)
+def test_block_runs_channels_last_and_agrees(n, hw, stride, k, memory_plan):
+    m = block(hw=hw, stride=stride, k=k)
     x = f32(n, 16, hw, hw)
     want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     plain = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
@@ -55,7 +56,7 @@ def test_block_runs_channels_last_and_agrees(n, hw, stride, memory_plan):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
     inner = [v for v in layouts(s, x.shape).values()]
-    ho = (hw - 1) // stride + 1
+    ho = (hw + 2 * (k // 2) - k) // stride + 1
     assert (n, hw, hw, 48) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
     assert s.plan_time_nodes() == []                     # relaid-out steps still run (not "folded")
 
@@ -85,14 +86,15 @@ def test_values_seen_outside_stay_nchw():
     assert shapes["e"] == (2, 48, 14, 14) and shapes["d"] == (2, 14, 14, 48)
 
 
-def test_large_planes_and_level_1_stay_nchw():
-    """A 40x40 depthwise at stride 1 runs planar (channels-last does not pay there); a 28x28 one goes
-    channels-last only with both links (here the expansion is also an output: planar); level 1 never
-    changes layouts."""
-    assert set(layouts(rzrt.InferenceSession(block(hw=40), level=2), (1, 16, 40, 40)).values()) == \
-        {(1, 48, 40, 40)}
-    assert set(layouts(rzrt.InferenceSession(block(hw=28, extra_outputs=("e",)), level=2),
-                       (1, 16, 28, 28)).values()) == {(1, 48, 28, 28)}
+def test_when_blocks_stay_nchw():
+    """A 40x40 depthwise goes channels-last with both links (48 channels), not with one (the
+    expansion is also an output), nor with too few channels per pixel (24); level 1 never changes
+    layouts."""
+    assert (1, 40, 40, 48) in layouts(rzrt.InferenceSession(block(hw=40), level=2), (1, 16, 40, 40)).values()
+    assert set(layouts(rzrt.InferenceSession(block(hw=40, extra_outputs=("e",)), level=2),
+                       (1, 16, 40, 40)).values()) == {(1, 48, 40, 40)}
+    assert set(layouts(rzrt.InferenceSession(block(e=24, hw=40), level=2), (1, 16, 40, 40)).values()) == \
+        {(1, 24, 40, 40)}
     assert set(layouts(rzrt.InferenceSession(block(hw=14), level=1), (1, 16, 14, 14)).values()) == \
         {(1, 48, 14, 14)}
 
@@ -105,6 +107,7 @@ def test_scratch_is_planned_for_the_layout_that_runs():
     geo = dict(group=c, pads=[1, 1, 1, 1], strides=[2, 2])
     nbytes = conv_scratch(((n, hw, hw, c), np.dtype(np.float32)), ((c, 1, 3, 3), np.dtype(np.float32)),
                           _nhwc_in=True, _nhwc_out=True, **geo)
-    assert nbytes == (42 * 42 * c * 4 + 63) // 64 * 64 + (20 * 20 * c * 4 + 63) // 64 * 64
+    # the padded image in 2 column phases of 21 columns, the output, and a second output for the phase sum
+    assert nbytes == (42 * 2 * 21 * c * 4 + 63) // 64 * 64 + 2 * ((20 * 20 * c * 4 + 63) // 64 * 64)
     assert conv_scratch(((n, hw, hw, c), np.dtype(np.float32)), ((16, c, 1, 1), np.dtype(np.float32)),
                         _nhwc_in=True) == 0
