@@ -30,7 +30,19 @@ def _binary(name, ufunc, since=1, shape=_broadcast_shape, inplace=(0, 1)):
 
 Add = _binary("Add", np.add, since=7)
 Sub = _binary("Sub", np.subtract, since=7)
-Mul = _binary("Mul", np.multiply, since=7)
+
+
+@kernel("Mul", since=7, shape=_broadcast_shape, inplace=(0, 1))
+def Mul(A, B, *, out=None, _nhwc_gate=-1):
+    """Y = multiply(A, B), broadcast. _nhwc_gate (rzrt/layout.py, a squeeze-excitation block): the
+    other operand is channels-last (N, H, W, C) and this one, a gate (N, C, 1, 1), scales its channels."""
+    if _nhwc_gate >= 0:
+        g = (A, B)[_nhwc_gate]
+        g = g.reshape(g.shape[0], 1, 1, g.shape[1])
+        A, B = (g, B) if _nhwc_gate == 0 else (A, g)
+    return np.multiply(A, B, out=out)
+
+
 Equal = _binary("Equal", np.equal, since=7, shape=_bool_shape, inplace=())
 Less = _binary("Less", np.less, since=7, shape=_bool_shape, inplace=())
 Greater = _binary("Greater", np.greater, since=7, shape=_bool_shape, inplace=())

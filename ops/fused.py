@@ -17,6 +17,7 @@ from rzrt.ops.registry import kernel
 ACTIVATIONS = {
     "Relu": lambda y: Relu(y, out=y),
     "Sigmoid": lambda y: Sigmoid(y, out=y),
+    "Silu": lambda y: np.multiply(y, Sigmoid(y), out=y),            # y * sigmoid(y): passes/fuse_silu.py
     "Tanh": lambda y: Tanh(y, out=y),
     "HardSwish": lambda y: HardSwish(y, out=y),
     "LeakyRelu": lambda y, alpha: LeakyRelu(y, alpha=alpha, out=y),

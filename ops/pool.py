@@ -154,7 +154,13 @@ def _global_shape(x):
 
 
 @kernel("GlobalAveragePool", since=1, shape=_global_shape)
-def GlobalAveragePool(X, *, out=None):
+def GlobalAveragePool(X, *, out=None, _nhwc_in=False):
+    """The mean over the spatial axes; _nhwc_in: X is channels-last (N, H, W, C) (rzrt/layout.py)."""
+    if _nhwc_in:
+        n, c = X.shape[0], X.shape[-1]
+        Y = out if out is not None else np.empty((n, c, 1, 1), X.dtype)
+        np.mean(X, axis=(1, 2), out=Y.reshape(n, c))
+        return Y
     axes = tuple(range(2, X.ndim))
     return np.mean(X, axis=axes, keepdims=True, out=out)
 

@@ -2,7 +2,7 @@
 
     level 0   nothing
     level 1   standard ONNX rewrites: the result runs anywhere
-    level 2   level 1 + fusions into rzrt-domain ops (FusedConv, FusedGemm, FusedMatMul)
+    level 2   level 1 + fusions into rzrt-domain ops (FusedConv, FusedGemm, FusedMatMul; SiLU too)
 
 A pass that raises is named in a PassError, with the passes that ran before it.
 """
@@ -17,9 +17,10 @@ from rzrt.passes.fold_batchnorm import fold_batchnorm
 from rzrt.passes.fold_constants import fold_constants
 from rzrt.passes.fuse_activation import fuse_activation
 from rzrt.passes.fuse_conv_add import fuse_conv_add
+from rzrt.passes.fuse_silu import fuse_silu
 
 BASIC = [eliminate_identity, fold_constants, fold_batchnorm, eliminate_dead]
-LEVELS = {0: [], 1: BASIC, 2: BASIC + [fuse_conv_add, fuse_activation, eliminate_dead]}
+LEVELS = {0: [], 1: BASIC, 2: BASIC + [fuse_conv_add, fuse_silu, fuse_activation, eliminate_dead]}
 MAX_ROUNDS = 10
 
 

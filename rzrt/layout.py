@@ -8,8 +8,13 @@ convolution read by nothing else, that convolution writes (H, W, C) directly: th
 transposed, Y^T = X^T W^T, at no extra cost. Likewise a 1x1 convolution that alone reads the
 depthwise output reads it as (H, W, C). Both transposes go: 0.5-1 ms of MobileNetV2's 15.
 
+A squeeze-excitation between the depthwise and the projection (MobileNetV3, EfficientNet: a
+GlobalAveragePool of the depthwise output, two 1x1 convolutions on the pooled vector, and a Mul
+scaling the depthwise output's channels by the result) is followed through: the pool averages
+(H, W, C) and the Mul broadcasts the (N, C, 1, 1) gate as (N, 1, 1, C).
+
 The values between them change layout, so their planned shapes become (N, H, W, C); the step
-kwargs _nhwc_in / _nhwc_out tell the kernels. Only rzrt's own Conv / FusedConv kernels, and only
+kwargs _nhwc_in / _nhwc_out / _nhwc_gate tell the kernels. Only rzrt's own Conv / FusedConv kernels, and only
 where no graph output, residual or other reader sees the channels-last value.
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ from rzrt.ops import conv as convops
 from rzrt.ops import depthwise
 
 CONVS = {("", "Conv"), ("rzrt", "FusedConv")}
-LAYOUT_FLAGS = ("_nhwc_in", "_nhwc_out")      # step kwargs the kernels (and their scratch rules) read
+LAYOUT_FLAGS = ("_nhwc_in", "_nhwc_out", "_nhwc_gate")     # step kwargs the kernels (and scratch rules) read
 
 
 def _conv_info(step, shapes):
@@ -78,13 +83,39 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
         for x in s.inputs:
             if x:
                 readers.setdefault(x, []).append(i)
-    marks = {}
+    marks, relaid = {}, []
 
     def mark(i, **flags):
         marks.setdefault(i, {}).update(flags)
 
     def private(value, reader) -> bool:
         return value not in outputs and readers.get(value) == [reader]
+
+    def projection(value, reader) -> bool:
+        """`reader`, alone reading `value` (as its X), is a 1x1 convolution."""
+        return reader is not None and private(value, reader) and _pointwise(steps[reader], shapes) \
+            and steps[reader].inputs[0] == value
+
+    def squeeze_excite(y):
+        """y's readers are a GlobalAveragePool and a Mul by a (N, C, 1, 1) gate whose product goes
+        to a 1x1 convolution alone: (pool, mul, gate index, projection), else None."""
+        if y in outputs or len(readers.get(y, [])) != 2:
+            return None
+        pool, mul = sorted(readers[y], key=lambda r: steps[r].node.op_type != "GlobalAveragePool")
+        ps, ms = steps[pool], steps[mul]
+        if (ps.node.op_type, ms.node.op_type) != ("GlobalAveragePool", "Mul") or ps.node.domain or ms.node.domain \
+                or not all(st.kernel.fn.__module__.startswith("rzrt.ops.") for st in (ps, ms)):
+            return None
+        if len(ms.inputs) != 2 or y not in ms.inputs or ms.inputs[0] == ms.inputs[1]:
+            return None
+        g = 1 - ms.inputs.index(y)
+        gate, ys = shapes.get(ms.inputs[g]), shapes.get(y)
+        if gate is None or ys is None or len(gate[0]) != 4 or gate[0][1:] != (ys[0][1], 1, 1) \
+                or gate[0][0] not in (1, ys[0][0]) or gate[1] != ys[1]:
+            return None
+        z = ms.outputs[0]
+        p = readers.get(z, [None])[0]
+        return (pool, mul, g, p) if projection(z, p) else None
 
     for i, s in enumerate(steps):
         kind = _depthwise(s, shapes)
@@ -93,8 +124,9 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
         x, y = s.inputs[0], s.outputs[0]
         e, p = producer.get(x), readers.get(y, [None])[0]
         link_in = e is not None and private(x, i) and _pointwise(steps[e], shapes) and not _has_residual(steps[e])
-        link_out = p is not None and private(y, p) and _pointwise(steps[p], shapes) and steps[p].inputs[0] == y
-        if kind == "linked" and not (link_in and link_out):
+        link_out = projection(y, p)
+        se = None if link_out else squeeze_excite(y)
+        if kind == "linked" and not (link_in and (link_out or se)):
             continue                                  # a larger plane pays for channels-last only untransposed
         if link_in:
             mark(e, _nhwc_out=True)
@@ -102,11 +134,19 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
         if link_out:
             mark(i, _nhwc_out=True)
             mark(p, _nhwc_in=True)
+        elif se:                                      # through the squeeze-excitation: pool and gate read NHWC
+            pool, mul, g, p = se
+            mark(i, _nhwc_out=True)
+            mark(pool, _nhwc_in=True)
+            mark(mul, _nhwc_gate=g)
+            mark(p, _nhwc_in=True)
+            relaid.append(steps[mul].outputs[0])
     out = list(steps)
     for i, flags in marks.items():
         out[i] = dataclasses.replace(steps[i], kwargs=dict(steps[i].kwargs, **flags))
         if flags.get("_nhwc_out"):
-            name = steps[i].outputs[0]
-            (n, c, h, w), dt = shapes[name]
-            shapes[name] = ((n, h, w, c), dt)
+            relaid.append(steps[i].outputs[0])
+    for name in relaid:
+        (n, c, h, w), dt = shapes[name]
+        shapes[name] = ((n, h, w, c), dt)
     return out

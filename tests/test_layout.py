@@ -111,3 +111,58 @@ def test_scratch_is_planned_for_the_layout_that_runs():
     assert nbytes == (42 * 2 * 21 * c * 4 + 63) // 64 * 64 + 2 * ((20 * 20 * c * 4 + 63) // 64 * 64)
     assert conv_scratch(((n, hw, hw, c), np.dtype(np.float32)), ((16, c, 1, 1), np.dtype(np.float32)),
                         _nhwc_in=True) == 0
+
+
+def se_block(c=16, e=48, hw=14, stride=1, silu=True, gate_first=True, extra_outputs=()):
+    """EfficientNet's block: 1x1 + SiLU -> depthwise + SiLU -> squeeze-excitation (pool, 1x1 + ReLU,
+    1x1 + Sigmoid, Mul) -> 1x1. SiLU as torch exports it (Sigmoid, Mul), or ReLU."""
+    def act(x, y):
+        if silu:
+            return [h.make_node("Sigmoid", [x], [x + "_s"]), h.make_node("Mul", [x, x + "_s"], [y])]
+        return [h.make_node("Relu", [x], [y])]
+    nodes = [h.make_node("Conv", ["x", "we", "be"], ["e0"])] + act("e0", "e")
+    nodes += [h.make_node("Conv", ["e", "wd", "bd"], ["d0"], group=e, pads=[1, 1, 1, 1], strides=[stride] * 2)]
+    nodes += act("d0", "d")
+    nodes += [h.make_node("GlobalAveragePool", ["d"], ["sq"]), h.make_node("Conv", ["sq", "w1", "b1"], ["s1"]),
+              h.make_node("Relu", ["s1"], ["s2"]), h.make_node("Conv", ["s2", "w2", "b2"], ["s3"]),
+              h.make_node("Sigmoid", ["s3"], ["gate"]),
+              h.make_node("Mul", ["gate", "d"] if gate_first else ["d", "gate"], ["z"]),
+              h.make_node("Conv", ["z", "wp", "bp"], ["y"])]
+    inits = {"we": f32(e, c, 1, 1), "be": f32(e), "wd": f32(e, 1, 3, 3), "bd": f32(e), "w1": f32(8, e, 1, 1),
+             "b1": f32(8), "w2": f32(e, 8, 1, 1), "b2": f32(e), "wp": f32(c, e, 1, 1), "bp": f32(c)}
+    g = h.make_graph(nodes, "se", [h.make_tensor_value_info("x", TP.FLOAT, ["N", c, hw, hw])],
+                     [h.make_tensor_value_info(n, TP.FLOAT, None) for n in ("y",) + tuple(extra_outputs)],
+                     initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("gate_first", [True, False])
+@pytest.mark.parametrize("hw,stride,n", [(14, 1, 1), (28, 2, 2), (40, 1, 1)])
+def test_squeeze_excitation_block_runs_channels_last(silu, gate_first, hw, stride, n):
+    """The depthwise output stays (H, W, C) through the pool and the gate's Mul to the projection."""
+    m = se_block(hw=hw, stride=stride, silu=silu, gate_first=gate_first)
+    x = f32(n, 16, hw, hw)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    s = rzrt.InferenceSession(m, level=2)
+    for _ in range(2):
+        np.testing.assert_allclose(s.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(s.run(None, {"x": x})[0], rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    vs = s.value_shapes({"x": x.shape})
+    ho = (hw - 1) // stride + 1
+    assert vs["z"][0] == (n, ho, ho, 48) and vs["sq"][0] == (n, 48, 1, 1)
+
+
+def test_squeeze_excitation_seen_outside_stays_nchw():
+    """The gated value is also a graph output: the depthwise output and the product stay NCHW."""
+    m = se_block(extra_outputs=("z",))
+    s = rzrt.InferenceSession(m, level=2)
+    x = f32(1, 16, 14, 14)
+    y, z = s.run(None, {"x": x})
+    y0, z0 = rzrt.InferenceSession(m, level=0).run(None, {"x": x})
+    np.testing.assert_allclose(z, z0, rtol=1e-5, atol=1e-6 * np.abs(z0).max())
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6 * np.abs(y0).max())
+    assert s.value_shapes({"x": x.shape})["z"][0] == (1, 48, 14, 14)

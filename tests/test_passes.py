@@ -14,6 +14,7 @@ from rzrt.passes.fold_batchnorm import fold_batchnorm
 from rzrt.passes.fold_constants import fold_constants
 from rzrt.passes.fuse_activation import fuse_activation
 from rzrt.passes.fuse_conv_add import fuse_conv_add
+from rzrt.passes.fuse_silu import fuse_silu
 from rzrt.passes.pipeline import optimize
 
 RNG = np.random.default_rng(1)
@@ -119,6 +120,38 @@ def test_fuse_activation_not_applicable_when_output_is_read_twice():
     p = model([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"]),
                helper.make_node("Neg", ["c"], ["z"])], {"w": rand(4, 3, 1, 1)}, outputs=("y", "z"))
     assert fuse_activation(Graph.from_onnx(p)) is False
+
+
+@pytest.mark.parametrize("order", ["y*s", "s*y"])
+@pytest.mark.parametrize("src", ["Conv", "Gemm", "MatMul"])
+def test_fuse_silu(src, order):
+    """x * sigmoid(x) after a Conv, Gemm or MatMul becomes the fused node's "Silu" activation."""
+    if src == "Conv":
+        first, inits, inputs = helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), \
+            {"w": rand(4, 3, 3, 3), "b": rand(4)}, (("x", (2, 3, 8, 8)),)
+    else:
+        first = helper.make_node(src, ["x", "w"], ["c"], **({"transB": 1} if src == "Gemm" else {}))
+        inits, inputs = {"w": rand(5, 4) if src == "Gemm" else rand(4, 5)}, (("x", (3, 4)),)
+    mul = ["c", "s"] if order == "y*s" else ["s", "c"]
+    p = model([first, helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", mul, ["y"])], inits,
+              inputs=inputs)
+    g = apply(p, fuse_silu)
+    assert ops(g) == ["Fused" + src] and g.nodes[0].attrs["activation"] == "Silu"
+
+
+def test_fuse_silu_not_applicable():
+    """A sigmoid gate (SE block: Mul by another tensor), a sigmoid read twice, or y read a third time."""
+    w = {"w": rand(4, 3, 1, 1)}
+    gate = model([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+                  helper.make_node("Mul", ["x", "s"], ["y"])], {"w": rand(3, 3, 1, 1)})
+    twice = model([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+                   helper.make_node("Mul", ["c", "s"], ["y"]), helper.make_node("Neg", ["s"], ["z"])], w,
+                  outputs=("y", "z"))
+    third = model([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+                   helper.make_node("Mul", ["c", "s"], ["y"]), helper.make_node("Neg", ["c"], ["z"])], w,
+                  outputs=("y", "z"))
+    for p in (gate, twice, third):
+        assert fuse_silu(Graph.from_onnx(p)) is False
 
 
 def test_fuse_conv_add_then_relu():
