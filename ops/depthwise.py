@@ -35,8 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numpy.lib.stride_tricks import as_strided
-
 from rzrt.ops import registry
 from rzrt.ops.window import prod
 
@@ -257,9 +255,9 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
         xp[pb[0]:pb[0] + h, b, :q0], xp[pb[0]:pb[0] + h, b, q1:] = 0, 0
         fills.append((b, q0, q1, x0))
     wts = tiled_taps(W, k, ow, cols, Y.dtype)
-    flat, item, row = xp.reshape(-1), xp.itemsize, sw * cols.width * c
-    views = [as_strided(flat[(b * cols.width + q0) * c:], (oh, kh, len(js), ow * c),
-                        (sh * row * item, dh * row * item, step * c * item, item), writeable=False)
+    item, row = xp.itemsize, sw * cols.width * c
+    views = [np.ndarray((oh, kh, len(js), ow * c), xp.dtype, buffer=xp, offset=(b * cols.width + q0) * c * item,
+                        strides=(sh * row * item, dh * row * item, step * c * item, item))
              for b, q0, step, js in cols.groups]
     for i in range(n):
         src = X[i] if nhwc_in else X[i].transpose(1, 2, 0)                          # (H, W, C)

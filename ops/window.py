@@ -107,7 +107,10 @@ class Carver:
         if self.buf is None:
             return np.empty(shape, dtype)
         n = prod(shape) * dtype.itemsize
-        view = self.buf[self.used:self.used + n].view(dtype).reshape(shape)
+        if self.used + n > self.buf.size:
+            raise ValueError(f"scratch of {self.buf.size} bytes cannot hold {shape} {dtype} after {self.used} bytes; "
+                             f"the kernel's scratch= rule and its takes disagree")
+        view = np.ndarray(shape, dtype, buffer=self.buf, offset=self.used)    # one call: kernels take often
         self.used += (n + 63) // 64 * 64
         return view
 
