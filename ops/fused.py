@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rzrt.ops.activation import Clip_6, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid, Tanh
+from rzrt.ops.activation import Clip_6, HardSigmoid, HardSwish, LeakyRelu, Relu, Sigmoid, Silu, Tanh
 from rzrt.ops.conv import conv, conv_scratch, conv_shape
 from rzrt.ops.gemm import Gemm, MatMul, gemm_shape, matmul_shape
 from rzrt.ops.registry import kernel
@@ -17,7 +17,7 @@ from rzrt.ops.registry import kernel
 ACTIVATIONS = {
     "Relu": lambda y: Relu(y, out=y),
     "Sigmoid": lambda y: Sigmoid(y, out=y),
-    "Silu": lambda y: np.multiply(y, Sigmoid(y), out=y),            # y * sigmoid(y): passes/fuse_silu.py
+    "Silu": lambda y: Silu(y, out=y),                                 # y * sigmoid(y): passes/fuse_silu.py
     "Tanh": lambda y: Tanh(y, out=y),
     "HardSwish": lambda y: HardSwish(y, out=y),
     "LeakyRelu": lambda y, alpha: LeakyRelu(y, alpha=alpha, out=y),

@@ -326,6 +326,28 @@ def test_erf_float32_against_math_erf(monkeypatch):
     check("Gelu", {"X": rand(5, 7) * 3}, opset=20, rtol=1e-6, atol=5e-7)
 
 
+def test_silu_fused_activation(monkeypatch):
+    """The fused SiLU, x / (1 + exp(-x)) in chunks: against float64, extremes and NaN included, in
+    place, on a strided view, across chunk edges (CHUNK patched), and inside a FusedConv."""
+    from rzrt.ops import activation as A
+    from rzrt.ops.conv import Conv
+    from rzrt.ops.fused import FusedConv
+    monkeypatch.setattr(A, "CHUNK", 1000)
+    x = (rand(3, 2500) * 8).astype(np.float32)
+    x[0, :5] = [-100, 100, np.nan, -np.inf, np.inf]
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x / (1 + np.exp(-x.astype(np.float64)))
+    np.testing.assert_allclose(A.Silu(x), want, rtol=1e-6, atol=1e-38)
+    y = x.copy()
+    assert A.Silu(y, out=y) is y
+    np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-38)
+    np.testing.assert_allclose(A.Silu(x[:, ::3]), want[:, ::3], rtol=1e-6, atol=1e-38)
+    xc, w, b = rand(2, 4, 9, 9), rand(6, 4, 3, 3), rand(6)
+    c = Conv(xc, w, b, pads=[1, 1, 1, 1]).astype(np.float64)
+    np.testing.assert_allclose(FusedConv(xc, w, b, activation="Silu", pads=[1, 1, 1, 1]), c / (1 + np.exp(-c)),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_sigmoid_extremes():
     x = np.array([-1000, -100, -20, 0, 20, 100, 1000], dtype=np.float32)
     check("Sigmoid", {"X": x}, atol=1e-7)
