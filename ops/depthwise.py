@@ -21,11 +21,13 @@ views, stacked once and long enough for each of those rows to slide down the pla
 per kernel row, and at stride 1 kw copies instead of kh*kw. The epilogue (bias, residual, activation) runs on each
 channel block while it is in cache.
 
-Small planes (at most CHANNELS_LAST_PIXELS outputs, the 14x14 and 7x7 stages) run channels-last
-instead: the image is copied, transposed, into a padded (H, W, C) buffer, and one einsum over a
-window view (Ho, Wo, kh, kw, C) does every tap, Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[i, j, c].
-Its inner loop is a multiply-add along all the channels, where the planar kernel would make
-thousands of tiny matmuls over rows of 7 or 14.
+Small planes (at most CHANNELS_LAST_PIXELS outputs, the 14x14 and 7x7 stages), and every plane
+whose neighbours rzrt/layout.py links, run channels-last instead (depthwise2d_channels_last):
+the image is copied into a padded (H, W, C) buffer split into column phases (Columns), so that
+each (output row, kernel row, kernel column) multiplies one contiguous run of Wo*C values, and
+one einsum per phase read does every tap, Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j].
+Its inner loops run along whole output rows, where the planar kernel would make thousands of
+tiny matmuls over rows of 7 or 14.
 """
 from __future__ import annotations
 

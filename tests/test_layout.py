@@ -35,6 +35,16 @@ def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=Tr
     return m.SerializeToString()
 
 
+def agrees_with_level_0(m, x):
+    """(level-2 session, its outputs), checked against the plain run (level 0), output by output."""
+    s = rzrt.InferenceSession(m, level=2)
+    got, want = s.run(None, {"x": x}), rzrt.InferenceSession(m, level=0).run(None, {"x": x})
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6 * np.abs(w).max())
+    return s, got
+
+
 def layouts(sess, shape):
     """{value: shape} of the block's inner values in the plan for this input shape."""
     vs = sess.value_shapes({"x": shape})
@@ -74,14 +84,9 @@ def test_block_variants(bias_e, act_e):
 
 def test_values_seen_outside_stay_nchw():
     """The expansion's output is also a graph output: that link stays NCHW; the other one still goes."""
-    m = block(extra_outputs=("e",))
-    s = rzrt.InferenceSession(m, level=2)
     x = f32(2, 16, 14, 14)
-    y, e = s.run(None, {"x": x})
-    y0, e0 = rzrt.InferenceSession(m, level=0).run(None, {"x": x})
+    s, (_, e) = agrees_with_level_0(block(extra_outputs=("e",)), x)
     assert e.shape == (2, 48, 14, 14)
-    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(e, e0, rtol=1e-5, atol=1e-5)
     shapes = layouts(s, x.shape)
     assert shapes["e"] == (2, 48, 14, 14) and shapes["d"] == (2, 14, 14, 48)
 
@@ -158,11 +163,6 @@ def test_squeeze_excitation_block_runs_channels_last(silu, gate_first, hw, strid
 
 def test_squeeze_excitation_seen_outside_stays_nchw():
     """The gated value is also a graph output: the depthwise output and the product stay NCHW."""
-    m = se_block(extra_outputs=("z",))
-    s = rzrt.InferenceSession(m, level=2)
     x = f32(1, 16, 14, 14)
-    y, z = s.run(None, {"x": x})
-    y0, z0 = rzrt.InferenceSession(m, level=0).run(None, {"x": x})
-    np.testing.assert_allclose(z, z0, rtol=1e-5, atol=1e-6 * np.abs(z0).max())
-    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6 * np.abs(y0).max())
+    s, _ = agrees_with_level_0(se_block(extra_outputs=("z",)), x)
     assert s.value_shapes({"x": x.shape})["z"][0] == (1, 48, 14, 14)
