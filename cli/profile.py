@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import csv
-from collections import Counter
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -47,7 +47,8 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
         write_chrome_trace(records, trace)
     if as_json:
         click.echo(json.dumps({"model": model, "inputs": {k: list(v.shape) for k, v in feeds.items()},
-                               "level": sess.level, "passes": sess.pass_report, "plan_time": dict(at_plan), "stats": stats, "op_types": ops,
+                               "level": sess.level, "passes": sess.pass_report, "plan_time": dict(at_plan),
+                               "stats": stats, "op_types": ops,
                                "nodes": nodes, "memory": {k: v for k, v in plan.as_dict().items() if k != "values"},
                                "trace": trace}, indent=2))
         return

@@ -18,7 +18,7 @@ from rzrt.graph import _attribute_proto, dtype_of
 
 SMALL = 1 << 16            # values computed at shape time are kept when at most this many elements
 NON_DETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
+                     "Bernoulli", "Dropout"}    # (Dropout: random in training mode; never computed here)
 
 
 def infer_shapes(steps, initializers: dict, feeds: dict, opsets: dict, values: dict | None = None) -> dict:

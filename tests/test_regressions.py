@@ -295,3 +295,15 @@ def test_fold_constants_leaves_a_users_kernel_alone():
         s = rzrt.InferenceSession(p.SerializeToString(), level=2)
         assert "Counted" in [n.op_type for n in s.graph.nodes]
         np.testing.assert_allclose(s.run(None, {"x": np.zeros(2, np.float32)})[0], [2, 2])
+
+
+def test_training_dropout_on_a_constant_is_not_folded():
+    """Dropout in training mode draws a new mask every run, even on a constant input: plan time must
+    not freeze one draw (nor fold_constants)."""
+    m = model([h.make_node("Dropout", ["k", "ratio", "train"], ["d"]), h.make_node("Add", ["x", "d"], ["y"])],
+              [vi("x", [64])], [vi("y", None)],
+              {"k": np.ones(64, np.float32), "ratio": np.array(0.5, np.float32), "train": np.array(True)})
+    s = rzrt.InferenceSession(m)
+    x = np.zeros(64, np.float32)
+    draws = {s.run(None, {"x": x})[0].tobytes() for _ in range(6)}
+    assert len(draws) > 1 and s.plan_time_nodes() == []
