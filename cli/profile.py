@@ -48,7 +48,7 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
     if as_json:
         click.echo(json.dumps({"model": model, "inputs": {k: list(v.shape) for k, v in feeds.items()},
                                "level": sess.level, "passes": sess.pass_report, "plan_time": dict(at_plan),
-                               "stats": stats, "op_types": ops,
+                               "channels_last_nodes": len(sess.channels_last_nodes()), "stats": stats, "op_types": ops,
                                "nodes": nodes, "memory": {k: v for k, v in plan.as_dict().items() if k != "values"},
                                "trace": trace}, indent=2))
         return
@@ -84,6 +84,10 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
     if at_plan:
         click.echo(f"computed once at plan time (shape arithmetic): "
                    f"{', '.join(f'{v} {k}' for k, v in at_plan.most_common())}")
+    relaid = sess.channels_last_nodes()
+    if relaid:
+        click.echo(f"channels-last (N, H, W, C) values between {len(relaid)} nodes (MobileNet blocks; "
+                   f"their shapes above read N x H x W x C)")
     click.echo("passes:" + ("" if sess.pass_report else " none"))
     for line in sess.pass_report:
         click.echo(f"  {line}")

@@ -120,6 +120,11 @@ class InferenceSession:
         on the input shapes and initializers), and no longer runs; level 0 has none."""
         return list(self._planned(input_shapes).folded)
 
+    def channels_last_nodes(self, input_shapes: dict | None = None) -> list:
+        """The nodes that read or write channels-last (N, H, W, C) values in the plan for these
+        input shapes (rzrt/layout.py's MobileNet blocks); their values' shapes say so."""
+        return list(self._planned(input_shapes).channels_last)
+
     def value_shapes(self, input_shapes: dict | None = None) -> dict:
         """{value name: (shape, dtype) or None} for these input shapes, as the plan sees them."""
         return dict(self._planned(input_shapes).shapes)
@@ -184,6 +189,8 @@ class InferenceSession:
             ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes
         ex.folded = folded_nodes
+        ex.channels_last = [s.node for s in run_steps if any(s.kwargs.get(f) not in (None, False, -1)
+                                                             for f in LAYOUT_FLAGS)]
         return ex
 
     # --- checks ----------------------------------------------------------------------

@@ -69,6 +69,8 @@ def test_block_runs_channels_last_and_agrees(n, hw, stride, k, memory_plan):
     ho = (hw + 2 * (k // 2) - k) // stride + 1
     assert (n, hw, hw, 48) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
     assert s.plan_time_nodes() == []                     # relaid-out steps still run (not "folded")
+    relaid = s.channels_last_nodes({"x": x.shape})                 # the expansion, the depthwise, the projection
+    assert len(relaid) == 3 and all(node.op_type.endswith("Conv") for node in relaid)
 
 
 @pytest.mark.parametrize("bias_e,act_e", [(False, False), (False, True), (True, False)])
