@@ -62,6 +62,12 @@ class UnsupportedAttributeError(RzrtError):
     pass
 
 
+def is_rzrt_kernel(k: Kernel) -> bool:
+    """Whether k is one of rzrt's own kernels (not a user's): what passes and plan-time steps may
+    rewrite, fold or relay out; a user's kernel always runs as written."""
+    return k.fn.__module__.startswith("rzrt.ops.")
+
+
 _REGISTRY: dict[tuple[str, str], dict[int, Kernel]] = {}
 
 

@@ -32,4 +32,4 @@ def is_builtin(graph, node) -> bool:
     never a node a user has overridden with a kernel of their own."""
     from rzrt.ops import registry
     k = registry.lookup(node.op_type, node.domain, graph.opsets.get(node.domain))
-    return k is not None and k.fn.__module__.startswith("rzrt.ops.")
+    return k is not None and registry.is_rzrt_kernel(k)

@@ -23,6 +23,7 @@ import dataclasses
 
 from rzrt.ops import conv as convops
 from rzrt.ops import depthwise
+from rzrt.ops.registry import is_rzrt_kernel
 
 CONVS = {("", "Conv"), ("rzrt", "FusedConv")}
 LAYOUT_FLAGS = ("_nhwc_in", "_nhwc_out", "_nhwc_gate")     # step kwargs the kernels (and scratch rules) read
@@ -31,7 +32,7 @@ LAYOUT_FLAGS = ("_nhwc_in", "_nhwc_out", "_nhwc_gate")     # step kwargs the ker
 def _conv_info(step, shapes):
     """(logical x shape, w shape, geometry) of a builtin 2-D convolution step, else None."""
     node = step.node
-    if (node.domain, node.op_type) not in CONVS or not step.kernel.fn.__module__.startswith("rzrt.ops."):
+    if (node.domain, node.op_type) not in CONVS or not is_rzrt_kernel(step.kernel):
         return None
     x, w = (shapes.get(n) for n in step.inputs[:2])
     if x is None or w is None or len(x[0]) != 4 or len(w[0]) != 4:
@@ -104,7 +105,7 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
         pool, mul = sorted(readers[y], key=lambda r: steps[r].node.op_type != "GlobalAveragePool")
         ps, ms = steps[pool], steps[mul]
         if (ps.node.op_type, ms.node.op_type) != ("GlobalAveragePool", "Mul") or ps.node.domain or ms.node.domain \
-                or not all(st.kernel.fn.__module__.startswith("rzrt.ops.") for st in (ps, ms)):
+                or not all(is_rzrt_kernel(st.kernel) for st in (ps, ms)):
             return None
         if len(ms.inputs) != 2 or y not in ms.inputs or ms.inputs[0] == ms.inputs[1]:
             return None

@@ -266,7 +266,7 @@ def fold_at_plan_time(steps, values: dict):
     for s in steps:
         outs = [o for o in s.outputs if o]
         if outs and all(o in values for o in outs) and s.node.op_type not in NON_DETERMINISTIC \
-                and s.kernel.fn.__module__.startswith("rzrt.ops."):
+                and registry.is_rzrt_kernel(s.kernel):
             for o in outs:
                 a = np.array(values[o])                  # the plan's own copy, read-only like an initializer
                 a.flags.writeable = False
