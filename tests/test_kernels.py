@@ -323,7 +323,9 @@ def test_erf_float32_against_math_erf(monkeypatch):
     np.testing.assert_array_equal(E.Erf(t), got[:60_000].reshape(300, 200).T)
     np.testing.assert_allclose(E.Erf(x.astype(np.float16)), want.astype(np.float16), atol=1e-3)
     check("Erf", {"X": rand(5, 7) * 3}, rtol=0, atol=5e-7)
-    check("Gelu", {"X": rand(5, 7) * 3}, opset=20, rtol=1e-6, atol=5e-7)
+    # Gelu = x/2 (1 + erf(x / sqrt 2)): erf's absolute error (under 4.5e-7) times |x|/2, so up to
+    # ~2e-6 for the |x| < 10 drawn here (in the far negative tail that is a large relative error)
+    check("Gelu", {"X": rand(5, 7) * 3}, opset=20, rtol=1e-6, atol=3e-6)
 
 
 def test_silu_fused_activation(monkeypatch):
