@@ -15,7 +15,7 @@ def _same(x, *rest, **_):
 def Relu(X, *, out=None):
     """y = max(x, 0)"""
     if X.dtype.kind == "f":     # the same, NaN kept: numpy's clip loop runs ~4x faster than maximum
-        return np.clip(X, 0, np.inf, out=out)     # with a scalar (measured, numpy 2.4, AVX-512)
+        return X.clip(0, np.inf, out=out)         # with a scalar (measured, numpy 2.4, AVX-512)
     return np.maximum(X, 0, out=out, dtype=X.dtype)
 
 
@@ -46,7 +46,7 @@ def HardSigmoid(X, *, alpha=0.2, beta=0.5, out=None):
     """y = clip(alpha * x + beta, 0, 1)"""
     Y = np.multiply(X, alpha, out=out, dtype=X.dtype)
     Y += X.dtype.type(beta)
-    return np.clip(Y, 0, 1, out=Y)
+    return Y.clip(0, 1, out=Y)
 
 
 @kernel("HardSwish", since=14, shape=_same, inplace=0)
@@ -151,7 +151,7 @@ def Gelu(X, *, approximate="none"):
 
 @kernel("Clip", since=6, shape=_same, inplace=0)
 def Clip_6(X, *, min=-3.4028234663852886e38, max=3.4028234663852886e38, out=None):
-    return np.clip(X, min, max, out=out)
+    return X.clip(min, max, out=out)     # the method: np.clip's wrappers cost 1 us a call, half of a small clip
 
 
 @kernel("Clip", since=11, shape=_same, inplace=0)
@@ -165,7 +165,7 @@ def Clip(X, min=None, max=None, *, out=None):
         lo, hi = limits.min if lo is None else lo, limits.max if hi is None else hi
     elif lo is None and hi is None:    # integers: nothing to clamp
         return X.copy() if out is None else np.copyto(out, X) or out
-    return np.clip(X, lo, hi, out=out)
+    return X.clip(lo, hi, out=out)
 
 
 def _softmax(X, axis, out=None, log=False):

@@ -46,7 +46,7 @@ def conv_geometry(x_shape, w_shape, kernel_shape, strides, dilations, pads, auto
 
 
 def _ints(v):
-    return None if v is None else tuple(int(x) for x in v)
+    return None if v is None else tuple(map(int, v))
 
 
 @functools.lru_cache(maxsize=4096)
