@@ -115,6 +115,26 @@ def test_depthwise_channels_last_in_and_out(case):
                                    rtol=1e-5, atol=1e-5, err_msg=f"in {nhwc_in} out {nhwc_out}")
 
 
+@pytest.mark.parametrize("n,c,m,hw", [(1, 24, 144, 14), (2, 144, 24, 9), (1, 32, 16, 37), (1, 32, 16, 70),
+                                      (2, 96, 96, 5), (1, 64, 200, 3)])
+@pytest.mark.parametrize("bias,residual", [(True, True), (True, False), (False, True), (False, False)])
+def test_pointwise_channels_last(n, c, m, hw, bias, residual):
+    """1x1 convolutions reading and/or writing (N, H, W, C) (rzrt/layout.py's blocks and chains):
+    the bias in the GEMM (expansions) or added after (repeated along rows when the channels are
+    few, with a remainder of rows), the residual in the output's layout, bands of NHWC_ROWS pixels:
+    the plain convolution, transposed."""
+    from rzrt.ops.conv import Conv, conv
+    x, w, b, z = rand(n, c, hw, hw), rand(m, c, 1, 1), rand(m) if bias else None, rand(n, m, hw, hw)
+    want = np.maximum(Conv(x, w, b) + (z if residual else 0), 0)
+    relu = lambda y: np.maximum(y, 0, out=y)      # noqa: E731
+    nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))     # noqa: E731
+    for nhwc_in, nhwc_out in [(True, True), (True, False), (False, True)]:
+        zz = (nhwc(z) if nhwc_out else z) if residual else None
+        got = conv(nhwc(x) if nhwc_in else x, w, b, zz, relu, nhwc_in=nhwc_in, nhwc_out=nhwc_out)
+        np.testing.assert_allclose(got.transpose(0, 3, 1, 2) if nhwc_out else got, want,
+                                   rtol=1e-5, atol=1e-5, err_msg=f"in {nhwc_in} out {nhwc_out}")
+
+
 @pytest.mark.parametrize("layout", ["planar", "channels-last"])
 @pytest.mark.parametrize("case", DEPTHWISE_2D)
 def test_depthwise_both_layouts(case, layout, monkeypatch):

@@ -16,6 +16,16 @@ def f32(*shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def model(name, nodes, inits, c, hw, outputs, extra=()) -> bytes:
+    """An opset-17 model of x (N, c, hw, hw) -> outputs, with these initializers (and tensors)."""
+    g = h.make_graph(nodes, name, [h.make_tensor_value_info("x", TP.FLOAT, ["N", c, hw, hw])],
+                     [h.make_tensor_value_info(v, TP.FLOAT, None) for v in outputs],
+                     initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()] + list(extra))
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
 def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=True, bias_e=True, k=3):
     """x -> 1x1 (c->e) + Clip -> depthwise 3x3 (stride) + Clip -> 1x1 (e->c) [+ x] -> y."""
     clip = [h.make_tensor("lo", TP.FLOAT, [], [0.0]), h.make_tensor("hi", TP.FLOAT, [], [6.0])]
@@ -27,12 +37,7 @@ def block(c=16, e=48, hw=14, stride=1, residual=True, extra_outputs=(), act_e=Tr
     nodes += [h.make_node("Add", ["p", "x"], ["y"])] if residual and stride == 1 else [h.make_node("Identity", ["p"], ["y"])]
     inits = {"we": f32(e, c, 1, 1), "be": f32(e), "wd": f32(e, 1, k, k), "bd": f32(e), "wp": f32(c, e, 1, 1),
              "bp": f32(c)}
-    g = h.make_graph(nodes, "block", [h.make_tensor_value_info("x", TP.FLOAT, ["N", c, hw, hw])],
-                     [h.make_tensor_value_info(n, TP.FLOAT, None) for n in ("y",) + tuple(extra_outputs)],
-                     initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()] + clip)
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m.SerializeToString()
+    return model("block", nodes, inits, c, hw, ("y",) + tuple(extra_outputs), clip)
 
 
 def agrees_with_level_0(m, x):
@@ -137,12 +142,7 @@ def se_block(c=16, e=48, hw=14, stride=1, silu=True, gate_first=True, extra_outp
               h.make_node("Conv", ["z", "wp", "bp"], ["y"])]
     inits = {"we": f32(e, c, 1, 1), "be": f32(e), "wd": f32(e, 1, 3, 3), "bd": f32(e), "w1": f32(8, e, 1, 1),
              "b1": f32(8), "w2": f32(e, 8, 1, 1), "b2": f32(e), "wp": f32(c, e, 1, 1), "bp": f32(c)}
-    g = h.make_graph(nodes, "se", [h.make_tensor_value_info("x", TP.FLOAT, ["N", c, hw, hw])],
-                     [h.make_tensor_value_info(n, TP.FLOAT, None) for n in ("y",) + tuple(extra_outputs)],
-                     initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m.SerializeToString()
+    return model("se", nodes, inits, c, hw, ("y",) + tuple(extra_outputs))
 
 
 @pytest.mark.parametrize("silu", [True, False])
@@ -168,3 +168,73 @@ def test_squeeze_excitation_seen_outside_stays_nchw():
     x = f32(1, 16, 14, 14)
     s, _ = agrees_with_level_0(se_block(extra_outputs=("z",)), x)
     assert s.value_shapes({"x": x.shape})["z"][0] == (1, 48, 14, 14)
+
+
+def chain(n=3, c=16, e=48, hw=14, strides=None, pool=False, extra_outputs=(), relu_between=False):
+    """x -> n MobileNet blocks (a residual Add wherever stride 1 keeps the shape: all but the first,
+    which widens c -> c) [-> GlobalAveragePool] -> y. Block i reads a{i} and writes a{i+1}."""
+    strides = strides or [1] * n
+    clip = [h.make_tensor("lo", TP.FLOAT, [], [0.0]), h.make_tensor("hi", TP.FLOAT, [], [6.0])]
+    nodes, inits = [], {}
+    for i, s in enumerate(strides):
+        a, b = f"a{i}" if i else "x", f"a{i + 1}"
+        nodes += [h.make_node("Conv", [a, f"we{i}", f"be{i}"], [f"e0{i}"]),
+                  h.make_node("Clip", [f"e0{i}", "lo", "hi"], [f"e{i}"]),
+                  h.make_node("Conv", [f"e{i}", f"wd{i}", f"bd{i}"], [f"d0{i}"], group=e, pads=[1] * 4,
+                              strides=[s, s]),
+                  h.make_node("Clip", [f"d0{i}", "lo", "hi"], [f"d{i}"]),
+                  h.make_node("Conv", [f"d{i}", f"wp{i}", f"bp{i}"], [f"p{i}" if i and s == 1 else b])]
+        if i and s == 1:
+            nodes.append(h.make_node("Add", [f"p{i}", a], [b]))
+        if relu_between and i == 0:
+            nodes.append(h.make_node("Relu", [b], ["r"]))
+            extra_outputs = tuple(extra_outputs) + ("r",)
+        inits.update({f"we{i}": f32(e, c, 1, 1) / 4, f"be{i}": f32(e), f"wd{i}": f32(e, 1, 3, 3) / 3,
+                      f"bd{i}": f32(e), f"wp{i}": f32(c, e, 1, 1) / 7, f"bp{i}": f32(c)})    # ~unit gain per block
+    last = f"a{n}"
+    if pool:
+        nodes.append(h.make_node("GlobalAveragePool", [last], ["y"]))
+    else:
+        nodes.append(h.make_node("Identity", [last], ["y"]))
+    return model("chain", nodes, inits, c, hw, ("y",) + tuple(extra_outputs), clip)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("hw,strides,pool", [(14, [1, 1, 2], False), (28, [1, 1, 1], True), (28, [1, 2, 1], True),
+                                             (20, [1, 1, 1, 2], False)])
+def test_chain_between_blocks_runs_channels_last(n, hw, strides, pool):
+    """A projection whose readers all take (H, W, C) (the next expansion, the next projection's
+    residual, a global pool) writes it; the residual adds in that layout. Outputs equal the plain
+    run and onnxruntime."""
+    m = chain(len(strides), hw=hw, strides=strides, pool=pool)
+    x = f32(n, 16, hw, hw)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    plain = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
+    s = rzrt.InferenceSession(m, level=2)
+    for _ in range(2):
+        got = s.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_allclose(got, plain, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    vs = s.value_shapes({"x": x.shape})
+    sizes = [hw]
+    for st in strides:
+        sizes.append((sizes[-1] - 1) // st + 1)
+    for i in range(1, len(strides) + (1 if pool else 0)):       # between blocks (and into the pool)
+        assert vs[f"a{i}"][0] == (n, sizes[i], sizes[i], 16), (i, vs[f"a{i}"])
+    if not pool:                                         # the graph output stays NCHW
+        assert vs["y"][0] == (n, 16, sizes[-1], sizes[-1])
+
+
+def test_chain_stays_nchw_where_it_does_not_pay_or_is_seen():
+    """Below CHAIN_MIN_PIXELS (7x7), when the value is a graph output, when another op reads it, or
+    when it is the residual of a block whose output stays NCHW (here the graph output), a projection
+    writes NCHW; the blocks themselves stay linked."""
+    from rzrt.layout import CHAIN_MIN_PIXELS
+    assert 7 * 7 < CHAIN_MIN_PIXELS <= 14 * 14
+    for m, x in [(chain(3, hw=7, strides=[1, 1, 2]), f32(1, 16, 7, 7)),
+                 (chain(3, hw=14, strides=[1, 1, 2], extra_outputs=("a1",)), f32(1, 16, 14, 14)),
+                 (chain(3, hw=14, strides=[1, 1, 2], relu_between=True), f32(1, 16, 14, 14)),
+                 (chain(2, hw=14), f32(1, 16, 14, 14))]:
+        s, _ = agrees_with_level_0(m, x)
+        vs = s.value_shapes({"x": x.shape})
+        assert vs["a1"][0] == x.shape and vs["d0"][0] == x.shape[:1] + x.shape[2:] + (48,)
