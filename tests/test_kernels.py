@@ -228,6 +228,23 @@ def test_global_pool(op, shape):
     check(op, {"X": rand(*shape)}, oracle="ort" if op == "GlobalMaxPool" else "onnx")
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (8, 64, 7, 7), (1, 4, 9), (0, 3, 4, 4)])
+def test_global_average_pool_layouts(shape, dtype):
+    """GlobalAveragePool as a GEMV with 1/size (float32 and up; np.mean for float16 and empty
+    inputs), reading NCHW or channels-last (rzrt/layout.py): the float64 mean."""
+    from rzrt.ops.pool import GlobalAveragePool
+    x = rand(*shape, dtype=dtype)
+    want = x.astype(np.float64).mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+    tol = 1e-3 if dtype == np.float16 else 1e-6
+    got = GlobalAveragePool(x)
+    assert got.dtype == dtype and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+    if x.ndim == 4:
+        got = GlobalAveragePool(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), _nhwc_in=True)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
 # --- normalisation, matrix products ----------------------------------------------------
 @pytest.mark.parametrize("shape", [(2, 3, 5, 4), (3, 4), (1, 2, 3, 4, 5)])
 def test_batchnorm(shape):
