@@ -121,16 +121,18 @@ def images_per_gemm(n: int, ck: int, pixels: int, itemsize: int, group: int) -> 
 
 @kernel("Conv", since=1, shape=conv_shape, scratch=conv_scratch)
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, out=None, scratch=None, _nhwc_in=False, _nhwc_out=False):
+         strides=None, out=None, scratch=None, _nhwc_in=False, _nhwc_out=False, _memo=None):
     return conv(X, W, B, None, None, auto_pad, dilations, group, kernel_shape, pads, strides, out, scratch,
-                _nhwc_in, _nhwc_out)
+                _nhwc_in, _nhwc_out, _memo)
 
 
 def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
-         out=None, scratch=None, nhwc_in=False, nhwc_out=False):
+         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None):
     """Y = act(conv(X, W) + B + Z); B, Z and act are applied band by band while the band is in cache.
     nhwc_in / nhwc_out: X / Y are channels-last (N, H, W, C), for the 1x1 and small-plane depthwise
-    convolutions of a MobileNet block (rzrt/layout.py decides)."""
+    convolutions of a MobileNet block (rzrt/layout.py decides). memo: a dict kept with the node
+    across runs (the session's `_memo`), where a kernel may keep what it derives from the shapes
+    and buffers."""
     xshape = (X.shape[0], X.shape[-1]) + X.shape[1:-1] if nhwc_in else X.shape     # the logical NCHW shape
     n, c = xshape[:2]
     m = W.shape[0]
@@ -144,7 +146,8 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         if _is_depthwise(c, m, group, W.shape):
             if nhwc_out and Z is not None:
                 raise ValueError("a residual into a channels-last depthwise output is not supported")
-            depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out)
+            depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out,
+                                                memo)
         else:
             if nhwc_out and Z is not None and Z.shape != Y.shape:
                 raise ValueError(f"a channels-last output takes a residual of its own shape {list(Y.shape)}, "
@@ -154,7 +157,7 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
         Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
     if _is_depthwise(c, m, group, W.shape) and len(k) == 2:
-        depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem)
+        depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo)
         return Y
     wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
                             X.dtype) if WINOGRAD else 0

@@ -121,4 +121,4 @@ def scratch_bytes(*pieces) -> int:
 
 
 def prod(xs) -> int:
-    return math.prod(int(x) for x in xs)
+    return math.prod(map(int, xs))

@@ -424,6 +424,8 @@ def bind_kernels(graph: Graph) -> list:
             kwargs["_outputs"] = len(node.outputs)
         if "_outer" in k.context:
             kwargs["_outer"] = tuple(node.implicit)
+        if "_memo" in k.context:      # the node's own dict across runs: what a kernel derives once
+            kwargs["_memo"] = {}
         steps.append(Step(node, k, kwargs, tuple(node.inputs), tuple(node.outputs)))
     if missing:
         raise UnsupportedOpError(missing_ops_message(missing))

@@ -115,6 +115,28 @@ def test_depthwise_channels_last_in_and_out(case):
                                    rtol=1e-5, atol=1e-5, err_msg=f"in {nhwc_in} out {nhwc_out}")
 
 
+def test_depthwise_plan_kept_across_runs():
+    """The channels-last depthwise keeps its plan (views of X, Y and the scratch) in the node's memo:
+    a second run reads X's new values, weights that are not constants are tiled again each run,
+    the scratch's border is zeroed again, and inputs that change every run do not pile up."""
+    from rzrt.ops.conv import Conv, conv
+    x, w, b = rand(2, 32, 9, 9), rand(32, 1, 3, 3), rand(32)
+    xn, y, memo = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.empty((2, 9, 9, 32), np.float32), {}
+    geo = dict(group=32, pads=[1, 1, 1, 1])
+    scratch = np.full(1 << 20, 255, np.uint8)                # garbage where the zero border goes
+    for _ in range(3):
+        conv(xn, w, b, None, None, **geo, out=y, scratch=scratch, nhwc_in=True, nhwc_out=True, memo=memo)
+        np.testing.assert_allclose(y.transpose(0, 3, 1, 2), Conv(xn.transpose(0, 3, 1, 2), w, b, **geo),
+                                   rtol=1e-5, atol=1e-5)
+        xn *= -1.5                                           # new values in the same arrays
+        w += 0.25
+        scratch.fill(255)
+    assert len(memo) == 1
+    for _ in range(20):
+        conv(rand(2, 9, 9, 32), w, b, None, None, **geo, out=y, nhwc_in=True, nhwc_out=True, memo=memo)
+    assert len(memo) <= 8
+
+
 @pytest.mark.parametrize("n,c,m,hw", [(1, 24, 144, 14), (2, 144, 24, 9), (1, 32, 16, 37), (1, 32, 16, 70),
                                       (2, 96, 96, 5), (1, 64, 200, 3)])
 @pytest.mark.parametrize("bias,residual", [(True, True), (True, False), (False, True), (False, False)])
