@@ -244,6 +244,7 @@ class ChannelsLastPlan:
     tmp: np.ndarray
     epilogue: list           # per image: (the sum as (C, Ho, Wo), Y[i]) for an NCHW output, else (None, Y[i])
     taps_fixed: bool         # W is a constant: the tiled taps are part of the plan
+    bias: list               # [B, B repeated along an output row (Wo*C)] for a constant B, once seen
 
 
 def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in=False, nhwc_out=False,
@@ -278,8 +279,8 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
             if g:
                 y += tmp
         if a is None:                                    # channels-last out (no residual: conv() refuses one)
-            if B is not None:
-                yi += B
+            if B is not None:                            # a row of B: long inner loops (56x56x144: 83 -> 43 us)
+                y += _bias_row(plan, B, osp[1])
         else:
             if B is not None:
                 np.add(a, B.reshape(-1, 1, 1), out=yi)
@@ -322,4 +323,14 @@ def _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out) -
     ys = [Y[i].reshape(oh, ow * c) if nhwc_out else acc for i in range(n)]
     a = None if nhwc_out else acc.reshape(oh, ow, c).transpose(2, 0, 1)
     epilogue = [(a, Y[i]) for i in range(n)]
-    return ChannelsLastPlan((X, Y, mem.buf, W), cols, zeros, fills, list(zip(views, wts)), ys, tmp, epilogue, fixed)
+    return ChannelsLastPlan((X, Y, mem.buf, W), cols, zeros, fills, list(zip(views, wts)), ys, tmp, epilogue, fixed,
+                            [None, None])
+
+
+def _bias_row(plan: ChannelsLastPlan, B, ow) -> np.ndarray:
+    if plan.bias[0] is B:
+        return plan.bias[1]
+    row = np.tile(B, ow)
+    if registry.is_constant(B):
+        plan.bias[:] = [B, row]
+    return row
