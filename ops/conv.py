@@ -66,6 +66,10 @@ def conv_shape(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel_s
     return (xs[0], ws[0]) + out, dt
 
 
+def _pointwise(k, s, pb, pe) -> bool:
+    return all(x == 1 for x in k) and all(x == 1 for x in s) and not any(pb) and not any(pe)
+
+
 def _is_depthwise(c, m, group, w_shape):
     return group > 1 and group == c == m and w_shape[1] == 1
 
@@ -81,6 +85,11 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
         if _is_depthwise(xs[1], ws[0], group, ws):
             return scratch_bytes(*depthwise.channels_last_pieces(xs, k, s, d, pb, pe, osp, size))
         has_bias = len(rest) > 0 and rest[0] is not None
+        if not _pointwise(k, s, pb, pe):             # a dense convolution by im2col, writing (H, W, C)
+            ck = xs[1] * prod(k)
+            padded = [(xs[:2] + tuple(n + b + e for n, b, e in zip(xs[2:], pb, pe)), size)] if any(pb) or any(pe) \
+                else []
+            return scratch_bytes(*padded, ((ck + 1, band_rows(ck, osp, size) * prod(osp[1:])), size))
         ones = _nhwc_out and nhwc_bias_in_gemm(xs[1], ws[0], has_bias)
         return scratch_bytes((((prod(osp), xs[1] + 1)), size)) if ones else 0   # [X^T | 1]
     if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:
@@ -148,6 +157,12 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
                 raise ValueError("a residual into a channels-last depthwise output is not supported")
             depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out,
                                                 memo)
+        elif not _pointwise(k, s, pb, pe):                  # a dense convolution (a stem) writing (H, W, C)
+            if nhwc_in or group != 1 or Z is not None:
+                raise ValueError("only a 1x1 or depthwise convolution reads channels-last or adds a residual to it")
+            Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
+                                             X.dtype)) if any(pb) or any(pe) else X
+            _im2col_gemm(Xp, W, B, None, act, 1, k, s, d, osp, Y, mem, nhwc_out=True)
         else:
             if nhwc_out and Z is not None and Z.shape != Y.shape:
                 raise ValueError(f"a channels-last output takes a residual of its own shape {list(Y.shape)}, "
@@ -341,7 +356,10 @@ def weights_with_bias_transposed(W, B) -> np.ndarray:
 OUT_BYTES = 1 << 30    # a 1x1 convolution's output band (whole images: one big GEMM beats cache-sized bands here)
 
 
-def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
+def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False):
+    """Y = act(W @ im2col(Xp) + B + Z), band by band of output rows; nhwc_out (group 1, no residual):
+    Y is (N, H, W, M), written by the transposed GEMM im2col^T @ [W; B]^T (rzrt/layout.py links a
+    stem to the depthwise it feeds so)."""
     n, c = Xp.shape[:2]
     m, ck, L = W.shape[0], W.shape[1] * prod(k), prod(osp)
     mg = m // group
@@ -365,7 +383,7 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
                 _finish(y[:, :, band], None if ones else B, Z, act, i, band)
         return
     wins = windows(Xp, k, s, d, osp)                     # (N, C, *k, *out): a view, no copy
-    nb = images_per_gemm(n, c * prod(k), L, Xp.dtype.itemsize, group)
+    nb = 1 if nhwc_out else images_per_gemm(n, c * prod(k), L, Xp.dtype.itemsize, group)
     if nb > 1:
         _wide_gemm(wins, W.reshape(m, ck), B, Z, act, nb, L, Y, mem)
         return
@@ -376,8 +394,10 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
         Wg = weights_with_bias(W, B)[None]
         buf[-1] = 1
     row_axis = 1 + len(k)                                # the first output axis of wins[i]
+    if nhwc_out:
+        Wt = weights_with_bias_transposed(W, B) if ones else weights_transposed(W)
     for i in range(n):
-        y = Y[i].reshape(group, mg, L)
+        y = Y[i].reshape(L, m) if nhwc_out else Y[i].reshape(group, mg, L)
         for r0 in range(0, osp[0], rows):
             r1 = min(osp[0], r0 + rows)
             src = wins[i][(slice(None),) * row_axis + (slice(r0, r1),)]
@@ -386,6 +406,14 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem):
             dst = cols[:-1].reshape(src.shape)
             split(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]), c, width * (cols.shape[0] - 1))   # im2col
             band = slice(r0 * inner, r1 * inner)
+            if nhwc_out:                                 # Y[band] (pixels, M) = cols^T @ W^T
+                part = y[band]
+                np.matmul(cols.T if ones else cols[:-1].T, Wt, out=part)
+                if B is not None and not ones:
+                    add_channels(part, B)
+                if act is not None:
+                    act(part)
+                continue
             if ones:
                 np.matmul(Wg[0], cols, out=y[0, :, band])
             else:

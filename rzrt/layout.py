@@ -2,6 +2,8 @@
 
     x -> 1x1 conv (E) -> depthwise (D) -> 1x1 conv (P) -> y
 
+(E may also be a network's stem, a strided 3x3 run by im2col, which writes (H, W, C) just as well.)
+
 A depthwise convolution on a small plane runs channels-last (ops/depthwise.py), so on its own it
 transposes its input to (H, W, C) and its output back. When its input comes from a 1x1
 convolution read by nothing else, that convolution writes (H, W, C) directly: the same GEMM,
@@ -27,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 
 from rzrt.ops import conv as convops
-from rzrt.ops import depthwise
+from rzrt.ops import depthwise, winograd
 from rzrt.ops.registry import is_rzrt_kernel
 
 CONVS = {("", "Conv"), ("rzrt", "FusedConv")}
@@ -61,6 +63,19 @@ def _pointwise(step, shapes) -> bool:
         return False
     _, w, (k, s, _, pb, pe, _) = info
     return step.kwargs.get("group", 1) == 1 and k == (1, 1) and s == (1, 1) and not any(pb) and not any(pe)
+
+
+def _dense_stem(step, shapes) -> bool:
+    """A plain (group 1) convolution that is not 1x1 and that im2col runs, e.g. MobileNetV2's stem:
+    it can write (H, W, C) with the transposed GEMM. (Winograd's convolutions write NCHW tiles.)"""
+    info = _conv_info(step, shapes)
+    if info is None or _pointwise(step, shapes) or _has_residual(step):
+        return False
+    (xs, xdt), (ws, _), _ = info
+    kw = step.kwargs
+    return kw.get("group", 1) == 1 and ws[1] == xs[1] and xdt.kind == "f" and winograd.tile_size(
+        xs, ws, 1, kw.get("kernel_shape"), kw.get("strides"), kw.get("dilations"), kw.get("pads"),
+        kw.get("auto_pad", "NOTSET"), xdt) == 0
 
 
 def _depthwise(step, shapes):
@@ -188,7 +203,8 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
             continue
         x, y = s.inputs[0], s.outputs[0]
         e, p = producer.get(x), readers.get(y, [None])[0]
-        link_in = e is not None and private(x, i) and _pointwise(steps[e], shapes) and not _has_residual(steps[e])
+        link_in = e is not None and private(x, i) and not _has_residual(steps[e]) and (
+            _pointwise(steps[e], shapes) or _dense_stem(steps[e], shapes))
         link_out = projection(y, p)
         se = None if link_out else squeeze_excite(y)
         if kind == "linked" and not (link_in and (link_out or se)):

@@ -115,6 +115,22 @@ def test_depthwise_channels_last_in_and_out(case):
                                    rtol=1e-5, atol=1e-5, err_msg=f"in {nhwc_in} out {nhwc_out}")
 
 
+DENSE_2D = [case for case, (xs, ws, a) in CONV_CASES.items() if len(xs) == 4 and a.get("group", 1) == 1]
+
+
+@pytest.mark.parametrize("case", DENSE_2D)
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_conv_writes_channels_last(case, bias):
+    """A plain convolution run by im2col writing (N, H, W, M) (a stem linked to its depthwise by
+    rzrt/layout.py): the transposed GEMM, bias in it or added after, activation per band."""
+    from rzrt.ops.conv import Conv, conv
+    xs, ws, attrs = CONV_CASES[case]
+    x, w, b = rand(2, *xs[1:]), rand(*ws), rand(ws[0]) if bias else None
+    relu = lambda y: np.maximum(y, 0, out=y)      # noqa: E731
+    got = conv(x, w, b, None, relu, **attrs, nhwc_out=True)
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), np.maximum(Conv(x, w, b, **attrs), 0), rtol=1e-5, atol=1e-5)
+
+
 def test_depthwise_plan_kept_across_runs():
     """The channels-last depthwise keeps its plan (views of X, Y and the scratch) in the node's memo:
     a second run reads X's new values, weights that are not constants are tiled again each run,

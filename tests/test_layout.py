@@ -238,3 +238,33 @@ def test_chain_stays_nchw_where_it_does_not_pay_or_is_seen():
         s, _ = agrees_with_level_0(m, x)
         vs = s.value_shapes({"x": x.shape})
         assert vs["a1"][0] == x.shape and vs["d0"][0] == x.shape[:1] + x.shape[2:] + (48,)
+
+
+def stem_block(cin=3, c=32, hw=30, stride=2, k=3):
+    """x -> k x k conv (stride) + Clip (a stem) -> depthwise 3x3 + Clip -> 1x1 -> y."""
+    clip = [h.make_tensor("lo", TP.FLOAT, [], [0.0]), h.make_tensor("hi", TP.FLOAT, [], [6.0])]
+    nodes = [h.make_node("Conv", ["x", "ws", "bs"], ["s0"], strides=[stride] * 2, pads=[k // 2] * 4),
+             h.make_node("Clip", ["s0", "lo", "hi"], ["s"]),
+             h.make_node("Conv", ["s", "wd", "bd"], ["d0"], group=c, pads=[1] * 4),
+             h.make_node("Clip", ["d0", "lo", "hi"], ["d"]),
+             h.make_node("Conv", ["d", "wp", "bp"], ["y"])]
+    inits = {"ws": f32(c, cin, k, k) / 4, "bs": f32(c), "wd": f32(c, 1, 3, 3) / 3, "bd": f32(c),
+             "wp": f32(16, c, 1, 1) / 6, "bp": f32(16)}
+    return model("stem", nodes, inits, cin, hw, ("y",), clip)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.parametrize("hw,stride", [(30, 2), (31, 2), (20, 1)])
+def test_stem_writes_channels_last_for_its_depthwise(n, hw, stride):
+    """A stem (a strided 3x3 run by im2col) feeding a depthwise writes (H, W, C) with the transposed
+    GEMM, so the depthwise runs linked; a 3x3 that Winograd runs (stride 1, 32 channels in) does not."""
+    m = stem_block(hw=hw, stride=stride)
+    x = f32(n, 3, hw, hw)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    s, (got,) = agrees_with_level_0(m, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    ho = (hw - 1) // stride + 1
+    assert s.value_shapes({"x": x.shape})["s"][0] == (n, ho, ho, 32)
+    wino = stem_block(cin=32, hw=20, stride=1)
+    s, _ = agrees_with_level_0(wino, f32(n, 32, 20, 20))
+    assert s.value_shapes({"x": (n, 32, 20, 20)})["s"][0] == (n, 32, 20, 20)
