@@ -363,7 +363,7 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False):
     n, c = Xp.shape[:2]
     m, ck, L = W.shape[0], W.shape[1] * prod(k), prod(osp)
     mg = m // group
-    one_by_one = all(x == 1 for x in k) and all(x == 1 for x in s)
+    one_by_one = all(x == 1 for x in k) and all(x == 1 for x in s) and not nhwc_out   # (a padded 1x1 may come here)
     Wg = W.reshape(group, mg, ck)
     if one_by_one:
         width = max(64, min(L, OUT_BYTES // (m * Xp.dtype.itemsize)))

@@ -115,7 +115,8 @@ def test_depthwise_channels_last_in_and_out(case):
                                    rtol=1e-5, atol=1e-5, err_msg=f"in {nhwc_in} out {nhwc_out}")
 
 
-DENSE_2D = [case for case, (xs, ws, a) in CONV_CASES.items() if len(xs) == 4 and a.get("group", 1) == 1]
+DENSE_2D = {case: v for case, v in CONV_CASES.items() if len(v[0]) == 4 and v[2].get("group", 1) == 1}
+DENSE_2D["1x1 padded"] = ((1, 4, 5, 6), (3, 4, 1, 1), dict(pads=[1, 0, 2, 1]))     # im2col, not the 1x1 GEMM
 
 
 @pytest.mark.parametrize("case", DENSE_2D)
@@ -124,7 +125,7 @@ def test_dense_conv_writes_channels_last(case, bias):
     """A plain convolution run by im2col writing (N, H, W, M) (a stem linked to its depthwise by
     rzrt/layout.py): the transposed GEMM, bias in it or added after, activation per band."""
     from rzrt.ops.conv import Conv, conv
-    xs, ws, attrs = CONV_CASES[case]
+    xs, ws, attrs = DENSE_2D[case]
     x, w, b = rand(2, *xs[1:]), rand(*ws), rand(ws[0]) if bias else None
     relu = lambda y: np.maximum(y, 0, out=y)      # noqa: E731
     got = conv(x, w, b, None, relu, **attrs, nhwc_out=True)
