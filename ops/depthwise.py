@@ -233,8 +233,8 @@ def tiled_taps(W, k, ow, cols: Columns, dtype) -> list:
 @dataclass
 class ChannelsLastPlan:
     """Everything depthwise2d_channels_last derives from the shapes, the weights and the buffers,
-    made once per node (kept in the step's memo) so that a run is its numpy calls alone: a linked
-    depthwise call took 26 us outside numpy's loops, 8 with its plan kept."""
+    made once per node (kept in the step's memo) so that a run is mostly its numpy calls: a linked
+    depthwise call took 26 us outside numpy's loops, 14 with its plan kept."""
     keep: tuple              # X, Y, the scratch and W: alive while the plan is, so their ids stay theirs
     cols: Columns
     zeros: list              # views of the padded copy's border, zeroed each run (the scratch is shared)
@@ -258,12 +258,14 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
     X and Y are NCHW, transposed in and out here, unless nhwc_in / nhwc_out say they are already
     channels-last (N, H, W, C) (rzrt/layout.py: a MobileNet block's 1x1 convolutions read and write them so).
     memo: a dict that lives with the node (the session's `_memo`), where the plan is kept."""
+    if mem.buf is None:                  # no memory plan: fresh buffers every run, nothing worth keeping
+        memo = None
     key = (id(X), id(Y), id(mem.buf), id(W), X.shape, X.strides, Y.shape, k, s, d, pb, pe, nhwc_in, nhwc_out)
     plan = memo.get(key) if memo is not None else None
     if plan is None:
         plan = _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out)
         if memo is not None:
-            if len(memo) >= 8:               # inputs that change every run (a graph input): do not hoard
+            if len(memo) >= 4:               # inputs that change every run (a graph input): do not hoard
                 memo.clear()
             memo[key] = plan
     for z in plan.zeros:
