@@ -205,6 +205,11 @@ POOL_CASES = {
     "asymmetric pads": ((1, 2, 6, 7), dict(kernel_shape=[3, 2], pads=[1, 0, 0, 1])),
     "1-D": ((2, 3, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
     "3-D": ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 2, 3], strides=[2, 2, 2])),
+    # stride 1 runs as flat passes over the padded tensor (pool._flat_passes)
+    "stride 1, 3x3, pads 1": ((2, 3, 9, 8), dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])),
+    "stride 1, ceil_mode, uneven pads": ((1, 2, 7, 6), dict(kernel_shape=[3, 2], pads=[1, 0, 2, 1], ceil_mode=1)),
+    "stride 1, 3-D": ((1, 2, 4, 5, 6), dict(kernel_shape=[2, 3, 2], pads=[0, 1, 1, 1, 1, 0])),
+    "stride 1, 1-D, no pads": ((3, 2, 9), dict(kernel_shape=[4])),
 }
 
 
@@ -229,7 +234,7 @@ def _torch_pool(op, x, attrs, count_include_pad=0):
 def test_maxpool(case):
     xs, attrs = POOL_CASES[case]
     x = rand(*xs)
-    (got,) = check("MaxPool", {"X": x}, attrs)
+    (got,) = check("MaxPool", {"X": x}, attrs, oracle="ort")    # onnx's evaluator fails on uneven pads in 3-D
     want = _torch_pool("MaxPool", x, attrs)
     if want is not None:
         np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -240,6 +245,7 @@ def test_maxpool(case):
     # no tap reads the input for every output (tap 0 misses o < 2, tap 1 misses o > 2)
     ((2, 3, 4), dict(kernel_shape=[2], dilations=[3], pads=[2, 2])),
     ((1, 2, 4, 5), dict(kernel_shape=[2, 2], dilations=[3, 3], strides=[1, 2], pads=[2, 2, 2, 2])),
+    ((1, 2, 8, 9), dict(kernel_shape=[3, 3], dilations=[2, 1], pads=[2, 1, 2, 1])),    # stride 1: flat passes
 ])
 def test_maxpool_dilations(xs, attrs):
     x = rand(*xs) - 3          # all negative: a padding zero would win
