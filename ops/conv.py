@@ -75,16 +75,20 @@ def _is_depthwise(c, m, group, w_shape):
 
 
 def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-                 strides=None, _nhwc_in=False, _nhwc_out=False, **_):
+                 strides=None, _nhwc_in=False, _nhwc_out=False, _pad_out=None, _padded_in=None, **_):
     (xs, dt), (ws, _) = x, w
-    if _nhwc_in:                                     # x is (N, H, W, C): its logical shape is NCHW
+    if _padded_in:                                   # x is the padded, phased image of an (H, W) one
+        xs = (xs[0], xs[-1]) + tuple(_padded_in)
+    elif _nhwc_in:                                   # x is (N, H, W, C): its logical shape is NCHW
         xs = (xs[0], xs[-1]) + tuple(xs[1:-1])
     k, s, d, pb, pe, osp = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
     size = np.dtype(dt).itemsize
     if _nhwc_in or _nhwc_out:                        # rzrt/layout.py's links: depthwise or a plain 1x1 GEMM
         if _is_depthwise(xs[1], ws[0], group, ws):
-            return scratch_bytes(*depthwise.channels_last_pieces(xs, k, s, d, pb, pe, osp, size))
+            return scratch_bytes(*depthwise.channels_last_pieces(xs, k, s, d, pb, pe, osp, size, bool(_padded_in)))
         has_bias = len(rest) > 0 and rest[0] is not None
+        if _pad_out:                                 # [X^T | 1] over every slot of the phased rows
+            return scratch_bytes(((xs[2], _pad_out[3], _pad_out[4], xs[1] + has_bias), size))
         if not _pointwise(k, s, pb, pe):             # a dense convolution by im2col, writing (H, W, C)
             ck = xs[1] * prod(k)
             padded = [(xs[:2] + tuple(n + b + e for n, b, e in zip(xs[2:], pb, pe)), size)] if any(pb) or any(pe) \
@@ -130,39 +134,49 @@ def images_per_gemm(n: int, ck: int, pixels: int, itemsize: int, group: int) -> 
 
 @kernel("Conv", since=1, shape=conv_shape, scratch=conv_scratch)
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
-         strides=None, out=None, scratch=None, _nhwc_in=False, _nhwc_out=False, _memo=None):
+         strides=None, out=None, scratch=None, _nhwc_in=False, _nhwc_out=False, _memo=None, _pad_out=None,
+         _padded_in=None):
     return conv(X, W, B, None, None, auto_pad, dilations, group, kernel_shape, pads, strides, out, scratch,
-                _nhwc_in, _nhwc_out, _memo)
+                _nhwc_in, _nhwc_out, _memo, _pad_out, _padded_in)
 
 
 def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
-         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None):
+         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None, pad_out=None, padded_in=None):
     """Y = act(conv(X, W) + B + Z); B, Z and act are applied band by band while the band is in cache.
     nhwc_in / nhwc_out: X / Y are channels-last (N, H, W, C), for the 1x1 and small-plane depthwise
     convolutions of a MobileNet block (rzrt/layout.py decides). memo: a dict kept with the node
     across runs (the session's `_memo`), where a kernel may keep what it derives from the shapes
-    and buffers."""
-    xshape = (X.shape[0], X.shape[-1]) + X.shape[1:-1] if nhwc_in else X.shape     # the logical NCHW shape
+    and buffers. pad_out / padded_in: a 1x1 expansion writes the padded, column-phased image its
+    depthwise reads (see _pointwise_padded)."""
+    if padded_in:                                    # (N, Hp, s, width, C) holding an (H, W) image
+        xshape = (X.shape[0], X.shape[-1]) + tuple(padded_in)
+    else:                                            # the logical NCHW shape
+        xshape = (X.shape[0], X.shape[-1]) + X.shape[1:-1] if nhwc_in else X.shape
     n, c = xshape[:2]
     m = W.shape[0]
     if c != W.shape[1] * group:
         raise ValueError(f"input has {c} channels but the weights expect {W.shape[1]} x group {group}")
     k, s, d, pb, pe, osp = conv_geometry(xshape, W.shape, kernel_shape, strides, dilations, pads, auto_pad)
-    Y = out if out is not None else np.empty(((n,) + osp + (m,)) if nhwc_out else ((n, m) + osp),
-                                             dtype=np.result_type(X, W))
+    if out is not None:
+        Y = out
+    else:
+        Y = np.empty((n,) + tuple(pad_out[2:]) + (m,) if pad_out else ((n,) + osp + (m,)) if nhwc_out
+                     else ((n, m) + osp), dtype=np.result_type(X, W))
     mem = Carver(scratch)
     if nhwc_in or nhwc_out:
         if _is_depthwise(c, m, group, W.shape):
             if nhwc_out and Z is not None:
                 raise ValueError("a residual into a channels-last depthwise output is not supported")
             depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out,
-                                                memo)
+                                                memo, padded_in)
         elif not _pointwise(k, s, pb, pe):                  # a dense convolution (a stem) writing (H, W, C)
             if nhwc_in or group != 1 or Z is not None:
                 raise ValueError("only a 1x1 or depthwise convolution reads channels-last or adds a residual to it")
             Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
                                              X.dtype)) if any(pb) or any(pe) else X
             _im2col_gemm(Xp, W, B, None, act, 1, k, s, d, osp, Y, mem, nhwc_out=True)
+        elif pad_out:
+            _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem)
         else:
             if nhwc_out and Z is not None and Z.shape != Y.shape:
                 raise ValueError(f"a channels-last output takes a residual of its own shape {list(Y.shape)}, "
@@ -238,6 +252,38 @@ def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem):
             np.matmul(W2, x, out=y[0])
             _finish(y, B, Z if Z is None or Z.shape == Y.shape else np.broadcast_to(Z, Y.shape), act, i,
                     slice(None))
+
+
+def _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem):
+    """A 1x1 expansion writing the image its depthwise reads, padded and split into column phases,
+    Y (N, Hp, s, width, M) (depthwise.column_phases), so the depthwise copies nothing: the GEMM runs
+    over every slot of the image's rows, the padding slots with an all-zero row of [X^T | 1], whose
+    output, act(0), is 0 (rzrt/layout.py makes sure). The padding rows above and below are zeroed.
+    It computes (s*width - W)/W more rows (2-7% from 28x28 up) and saves the depthwise's copy."""
+    pb0, pb1, hp, sw, width = pad_out
+    n, m = Y.shape[0], W.shape[0]
+    c = W.size // m
+    h, w = (X.shape[1], X.shape[2]) if nhwc_in else (X.shape[2], X.shape[3])
+    ones = B is not None
+    xt = mem.take((h, sw, width, c + ones), X.dtype)
+    Wt = weights_with_bias_transposed(W, B) if ones else weights_transposed(W)
+    phases = depthwise.column_phases(w, pb1, sw)
+    for b, q0, q1, _ in phases:                          # the padding slots: zero rows, the ones too
+        xt[:, b, :q0], xt[:, b, q1:] = 0, 0
+        if ones:
+            xt[:, b, q0:q1, c] = 1
+    rows = xt.reshape(-1, c + ones)
+    for i in range(n):
+        src = X[i] if nhwc_in else X[i].transpose(1, 2, 0)                          # (H, W, C)
+        for b, q0, q1, x0 in phases:
+            xt[:, b, q0:q1, :c] = src[:, x0::sw]
+        Y[i, :pb0], Y[i, pb0 + h:] = 0, 0
+        y = Y[i, pb0:pb0 + h].reshape(-1, m)
+        for r0 in range(0, y.shape[0], NHWC_ROWS):
+            band = y[r0:r0 + NHWC_ROWS]
+            np.matmul(rows[r0:r0 + NHWC_ROWS], Wt, out=band)
+            if act is not None:
+                act(band)
 
 
 _tiled_bias: dict = {}

@@ -197,14 +197,22 @@ def columns(wp, kw, sw, dw) -> Columns:
     return Columns(sw, -(-wp // sw), tuple(groups))
 
 
-def channels_last_pieces(x_shape, k, s, d, pb, pe, osp, itemsize) -> list:
-    """The channels-last kernel's scratch: the padded image in column phases, its output, and a
-    second output-sized buffer when the kernel columns read more than one phase."""
+def channels_last_pieces(x_shape, k, s, d, pb, pe, osp, itemsize, padded_in=False) -> list:
+    """The channels-last kernel's scratch: its output, a second output-sized buffer when the kernel
+    columns read more than one phase, and the padded image in column phases (unless the
+    expansion before wrote X so: padded_in)."""
     hp, wp = (x + b + e for x, b, e in zip(x_shape[2:], pb, pe))
     cols, c = columns(wp, k[1], s[1], d[1]), x_shape[1]
     out = prod(osp) * c
-    return [((hp, cols.stride, cols.width, c), itemsize), ((out,), itemsize),
-            ((out if len(cols.groups) > 1 else 0,), itemsize)]
+    pieces = [((out,), itemsize), ((out if len(cols.groups) > 1 else 0,), itemsize)]
+    return pieces if padded_in else pieces + [((hp, cols.stride, cols.width, c), itemsize)]
+
+
+def padded_shape(x_shape, k, s, d, pb, pe) -> tuple:
+    """(N, Hp, s, width, C): the padded image in column phases, as the channels-last kernel reads it."""
+    n, c, h, w = x_shape
+    cols = columns(w + pb[1] + pe[1], k[1], s[1], d[1])
+    return (n, h + pb[0] + pe[0], cols.stride, cols.width, c)
 
 
 _tiled: dict = {}
@@ -239,7 +247,8 @@ class ChannelsLastPlan:
     cols: Columns
     zeros: list              # views of the padded copy's border, zeroed each run (the scratch is shared)
     fills: list              # per image: (destination, source) copies of the image into the padded copy
-    einsums: list            # (operand view, tiled taps) per phase read; the first writes y, the rest add
+    views: list              # per image: the einsum's operand view per phase read (the first writes y)
+    wts: list                # the tiled taps per phase read (None when W is not a constant)
     ys: list                 # per image: the einsum output, (Ho, Wo*C)
     tmp: np.ndarray
     epilogue: list           # per image: (the sum as (C, Ho, Wo), Y[i]) for an NCHW output, else (None, Y[i])
@@ -248,7 +257,7 @@ class ChannelsLastPlan:
 
 
 def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in=False, nhwc_out=False,
-                              memo=None) -> None:
+                              memo=None, padded_in=None) -> None:
     """Y = act(depthwise(X, W) + B + Z), channels innermost:
     Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j].
     The padded image is copied into column phases (Columns), so that for each output row h, kernel
@@ -257,26 +266,27 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
     the (h, w, i, j, c) window, whose inner loop was the C channels of one pixel).
     X and Y are NCHW, transposed in and out here, unless nhwc_in / nhwc_out say they are already
     channels-last (N, H, W, C) (rzrt/layout.py: a MobileNet block's 1x1 convolutions read and write them so).
-    memo: a dict that lives with the node (the session's `_memo`), where the plan is kept."""
+    memo: a dict that lives with the node (the session's `_memo`), where the plan is kept.
+    padded_in: (H, W) when X is already the padded image in column phases, (N, Hp, s, width, C),
+    written so by the 1x1 expansion before it (conv._pointwise_padded): no copy, no border to zero."""
     if mem.buf is None:                  # no memory plan: fresh buffers every run, nothing worth keeping
         memo = None
     key = (id(X), id(Y), id(mem.buf), id(W), X.shape, X.strides, Y.shape, k, s, d, pb, pe, nhwc_in, nhwc_out)
     plan = memo.get(key) if memo is not None else None
     if plan is None:
-        plan = _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out)
+        plan = _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out, padded_in)
         if memo is not None:
             if len(memo) >= 4:               # inputs that change every run (a graph input): do not hoard
                 memo.clear()
             memo[key] = plan
     for z in plan.zeros:
         z.fill(0)
-    einsums = plan.einsums if plan.taps_fixed else \
-        [(v, t) for (v, _), t in zip(plan.einsums, tiled_taps(W, k, osp[1], plan.cols, Y.dtype))]
+    wts = plan.wts if plan.taps_fixed else tiled_taps(W, k, osp[1], plan.cols, Y.dtype)
     tmp = plan.tmp
-    for i, (fills, y, (a, yi)) in enumerate(zip(plan.fills, plan.ys, plan.epilogue)):
+    for i, (fills, views, y, (a, yi)) in enumerate(zip(plan.fills, plan.views, plan.ys, plan.epilogue)):
         for dst, src in fills:
             np.copyto(dst, src)
-        for g, (view, wt) in enumerate(einsums):
+        for g, (view, wt) in enumerate(zip(views, wts)):
             np.einsum("hijk,ijk->hk", view, wt, out=y if g == 0 else tmp)
             if g:
                 y += tmp
@@ -294,38 +304,49 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
             act(yi)
 
 
-def _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out) -> ChannelsLastPlan:
+def column_phases(w, pb, sw) -> list:
+    """(b, q0, q1, x0) per column phase b of an image w wide padded by pb on the left: its columns
+    q0..q1-1 hold the image's columns x0, x0 + sw, ... (the rest is padding)."""
+    phases = []
+    for b in range(sw):
+        q0 = max(0, -(-(pb - b) // sw))                      # the first column of phase b on the image
+        x0 = q0 * sw + b - pb
+        phases.append((b, q0, q0 + len(range(x0, w, sw)), x0))
+    return phases
+
+
+def _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out, padded_in=None) -> ChannelsLastPlan:
     n, c = X.shape[0], W.shape[0]
-    h, w = X.shape[1:3] if nhwc_in else X.shape[2:]
+    h, w = padded_in or (X.shape[1:3] if nhwc_in else X.shape[2:])
     (kh, kw), (sh, sw), (dh, dw) = k, s, d
     oh, ow = osp
     hp, wp = h + pb[0] + pe[0], w + pb[1] + pe[1]
     cols = columns(wp, kw, sw, dw)
-    xp = mem.take((hp, sw, cols.width, c), X.dtype)
     acc, tmp = mem.take((oh, ow * c), Y.dtype), mem.take((oh, ow * c) if len(cols.groups) > 1 else (0,), Y.dtype)
-    zeros = [xp[:pb[0]], xp[pb[0] + h:]]                 # the zero border: the same places for every image
-    phases = []
-    for b in range(sw):
-        q0 = max(0, -(-(pb[1] - b) // sw))                  # the first column of phase b on the image
-        x0 = q0 * sw + b - pb[1]
-        q1 = q0 + len(range(x0, w, sw))
-        zeros += [xp[pb[0]:pb[0] + h, b, :q0], xp[pb[0]:pb[0] + h, b, q1:]]
-        phases.append((b, q0, q1, x0))
-    zeros = [z for z in zeros if z.size]
-    fills = []
-    for i in range(n):
-        src = X[i] if nhwc_in else X[i].transpose(1, 2, 0)                          # (H, W, C)
-        fills.append([(xp[pb[0]:pb[0] + h, b, q0:q1], src[:, x0::sw]) for b, q0, q1, x0 in phases])
-    item, row = xp.itemsize, sw * cols.width * c
-    views = [np.ndarray((oh, kh, len(js), ow * c), xp.dtype, buffer=xp, offset=(b * cols.width + q0) * c * item,
-                        strides=(sh * row * item, dh * row * item, step * c * item, item))
-             for b, q0, step, js in cols.groups]
+    if padded_in:                                        # the expansion wrote X padded and phased: read it
+        xps, zeros, fills = [X[i] for i in range(n)], [], [[] for _ in range(n)]
+    else:
+        xp = mem.take((hp, sw, cols.width, c), X.dtype)
+        zeros = [xp[:pb[0]], xp[pb[0] + h:]]             # the zero border: the same places for every image
+        phases = column_phases(w, pb[1], sw)
+        for b, q0, q1, _ in phases:
+            zeros += [xp[pb[0]:pb[0] + h, b, :q0], xp[pb[0]:pb[0] + h, b, q1:]]
+        zeros = [z for z in zeros if z.size]
+        fills = []
+        for i in range(n):
+            src = X[i] if nhwc_in else X[i].transpose(1, 2, 0)                      # (H, W, C)
+            fills.append([(xp[pb[0]:pb[0] + h, b, q0:q1], src[:, x0::sw]) for b, q0, q1, x0 in phases])
+        xps = [xp] * n
+    item, row = X.itemsize, sw * cols.width * c
+    views = [[np.ndarray((oh, kh, len(js), ow * c), xp.dtype, buffer=xp, offset=(b * cols.width + q0) * c * item,
+                         strides=(sh * row * item, dh * row * item, step * c * item, item))
+              for b, q0, step, js in cols.groups] for xp in xps]
     fixed = registry.is_constant(W)
-    wts = tiled_taps(W, k, ow, cols, Y.dtype) if fixed else [None] * len(views)
+    wts = tiled_taps(W, k, ow, cols, Y.dtype) if fixed else None
     ys = [Y[i].reshape(oh, ow * c) if nhwc_out else acc for i in range(n)]
     a = None if nhwc_out else acc.reshape(oh, ow, c).transpose(2, 0, 1)
     epilogue = [(a, Y[i]) for i in range(n)]
-    return ChannelsLastPlan((X, Y, mem.buf, W), cols, zeros, fills, list(zip(views, wts)), ys, tmp, epilogue, fixed,
+    return ChannelsLastPlan((X, Y, mem.buf, W), cols, zeros, fills, views, wts, ys, tmp, epilogue, fixed,
                             [None, None])
 
 

@@ -132,6 +132,34 @@ def test_dense_conv_writes_channels_last(case, bias):
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), np.maximum(Conv(x, w, b, **attrs), 0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", DEPTHWISE_2D)
+@pytest.mark.parametrize("bias,nhwc_in", [(True, False), (False, True)])
+def test_expansion_writes_the_depthwise_padded_input(case, bias, nhwc_in):
+    """A 1x1 expansion writing its depthwise's padded image in column phases (pad_out; zero rows of
+    [X^T | 1] in the padding slots give act(0) = 0) and the depthwise reading it as is (padded_in),
+    on every 2-D depthwise case, with and without the expansion's bias, from NCHW and NHWC: the plain
+    convolutions."""
+    from rzrt.ops.conv import Conv, conv
+    from rzrt.ops.conv import conv_geometry
+    from rzrt.ops.depthwise import padded_shape
+    xs, ws, attrs = CONV_CASES[case]
+    if attrs.get("group") != ws[0]:                     # a depth multiplier: not an expansion's reader
+        return
+    n, c, h, w = 2, 4, xs[2], xs[3]
+    x, we, be = rand(n, c, h, w), rand(ws[0], c, 1, 1), rand(ws[0]) if bias else None
+    wd, bd = rand(*ws), rand(ws[0])
+    relu6 = lambda y: np.clip(y, 0, 6, out=y)      # noqa: E731
+    want = np.clip(Conv(np.clip(Conv(x, we, be), 0, 6), wd, bd, **attrs), 0, 6)
+    k, s, d, pb, pe, _ = conv_geometry((n, ws[0], h, w), ws, attrs.get("kernel_shape"), attrs.get("strides"),
+                                       attrs.get("dilations"), attrs.get("pads"), attrs.get("auto_pad", "NOTSET"))
+    ps = padded_shape((n, ws[0], h, w), k, s, d, pb, pe)
+    garbage = np.full(ps, np.nan, np.float32)           # every slot must be written
+    e = conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc_in else x, we, be, None, relu6, out=garbage,
+             nhwc_in=nhwc_in, nhwc_out=True, pad_out=(pb[0], pb[1]) + ps[1:4])
+    got = conv(e, wd, bd, None, relu6, **attrs, nhwc_in=True, padded_in=(h, w))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_depthwise_plan_kept_across_runs():
     """The channels-last depthwise keeps its plan (views of X, Y and the scratch) in the node's memo:
     a second run reads X's new values, weights that are not constants are tiled again each run,

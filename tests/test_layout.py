@@ -50,6 +50,17 @@ def agrees_with_level_0(m, x):
     return s, got
 
 
+def e_layout(n, hw, stride=1, k=3, e=48):
+    """The expansion's output as planned: (N, H, W, C), or from PADDED_MIN_PIXELS the depthwise's
+    padded image in column phases (N, Hp, s, width, C), which the expansion writes directly."""
+    from rzrt.layout import PADDED_MIN_PIXELS
+    from rzrt.ops.depthwise import padded_shape
+    if hw * hw < PADDED_MIN_PIXELS:
+        return (n, hw, hw, e)
+    p = k // 2
+    return padded_shape((n, e, hw, hw), (k, k), (stride, stride), (1, 1), (p, p), (p, p))
+
+
 def layouts(sess, shape):
     """{value: shape} of the block's inner values in the plan for this input shape."""
     vs = sess.value_shapes({"x": shape})
@@ -72,7 +83,7 @@ def test_block_runs_channels_last_and_agrees(n, hw, stride, k, memory_plan):
         np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
     inner = [v for v in layouts(s, x.shape).values()]
     ho = (hw + 2 * (k // 2) - k) // stride + 1
-    assert (n, hw, hw, 48) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
+    assert e_layout(n, hw, stride, k) in inner and (n, ho, ho, 48) in inner, inner     # both links channels-last
     assert s.plan_time_nodes() == []                     # relaid-out steps still run (not "folded")
     relaid = s.channels_last_nodes({"x": x.shape})                 # the expansion, the depthwise, the projection
     assert len(relaid) == 3 and all(node.op_type.endswith("Conv") for node in relaid)
@@ -102,7 +113,7 @@ def test_when_blocks_stay_nchw():
     """A 40x40 depthwise goes channels-last with both links (48 channels), not with one (the
     expansion is also an output), nor with too few channels per pixel (24); level 1 never changes
     layouts."""
-    assert (1, 40, 40, 48) in layouts(rzrt.InferenceSession(block(hw=40), level=2), (1, 16, 40, 40)).values()
+    assert e_layout(1, 40) in layouts(rzrt.InferenceSession(block(hw=40), level=2), (1, 16, 40, 40)).values()
     assert set(layouts(rzrt.InferenceSession(block(hw=40, extra_outputs=("e",)), level=2),
                        (1, 16, 40, 40)).values()) == {(1, 48, 40, 40)}
     assert set(layouts(rzrt.InferenceSession(block(e=24, hw=40), level=2), (1, 16, 40, 40)).values()) == \
@@ -268,3 +279,24 @@ def test_stem_writes_channels_last_for_its_depthwise(n, hw, stride):
     wino = stem_block(cin=32, hw=20, stride=1)
     s, _ = agrees_with_level_0(wino, f32(n, 32, 20, 20))
     assert s.value_shapes({"x": (n, 32, 20, 20)})["s"][0] == (n, 32, 20, 20)
+
+
+@pytest.mark.parametrize("act,params", [("Sigmoid", {}), ("Clip", {"lo": 0.5, "hi": 6.0}), ("Relu", {}),
+                                        ("Clip", {"lo": -1.0, "hi": 1.0})])
+def test_expansion_writes_padded_input_only_when_act_of_zero_is_zero(act, params):
+    """From 28x28 an expansion writes its depthwise's padded input, its padding slots computed as
+    act(0): only for activations that map 0 to 0 (not Sigmoid, not Clip from 0.5)."""
+    inits = {"we": f32(48, 16, 1, 1) / 4, "be": f32(48), "wd": f32(48, 1, 3, 3) / 3, "bd": f32(48),
+             "wp": f32(16, 48, 1, 1) / 7, "bp": f32(16), "lo": np.array(params.get("lo", 0), np.float32),
+             "hi": np.array(params.get("hi", 6), np.float32)}
+    a = [h.make_node("Clip", ["e0", "lo", "hi"], ["e"])] if act == "Clip" else [h.make_node(act, ["e0"], ["e"])]
+    nodes = [h.make_node("Conv", ["x", "we", "be"], ["e0"])] + a + [
+        h.make_node("Conv", ["e", "wd", "bd"], ["d"], group=48, pads=[1] * 4, strides=[2, 2]),
+        h.make_node("Conv", ["d", "wp", "bp"], ["y"])]
+    m = model("act", nodes, inits, 16, 28, ("y",))
+    x = f32(2, 16, 28, 28)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    s, (got,) = agrees_with_level_0(m, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    padded = act == "Relu" or params.get("lo") == -1.0
+    assert (s.value_shapes({"x": x.shape})["e"][0] == e_layout(2, 28, stride=2)) == padded
