@@ -87,7 +87,8 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
     relaid = sess.channels_last_nodes()
     if relaid:
         click.echo(f"channels-last (N, H, W, C) values between {len(relaid)} nodes (MobileNet blocks; "
-                   f"their shapes above read N x H x W x C)")
+                   f"their shapes above read N x H x W x C, or N x Hp x stride x width x C for an "
+                   f"expansion writing its depthwise's padded input)")
     click.echo("passes:" + ("" if sess.pass_report else " none"))
     for line in sess.pass_report:
         click.echo(f"  {line}")
