@@ -102,7 +102,7 @@ def _depthwise(step, shapes):
     if info is None or _has_residual(step):
         return None
     (xs, xdt), (ws, _), (_, _, _, _, _, osp) = info
-    if not (step.kwargs.get("group", 1) == xs[1] == ws[0] and ws[1] == 1 and xdt.kind == "f"):
+    if not (convops._is_depthwise(xs[1], ws[0], step.kwargs.get("group", 1), ws) and xdt.kind == "f"):   # group > 1
         return None
     if depthwise.channels_last(osp, xdt.itemsize):
         return "small"

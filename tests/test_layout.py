@@ -300,3 +300,17 @@ def test_expansion_writes_padded_input_only_when_act_of_zero_is_zero(act, params
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     padded = act == "Relu" or params.get("lo") == -1.0
     assert (s.value_shapes({"x": x.shape})["e"][0] == e_layout(2, 28, stride=2)) == padded
+
+
+def test_single_channel_3x3_is_not_a_depthwise():
+    """A 3x3 convolution of one channel (group 1 = C = M) between 1x1 convolutions is a plain
+    convolution, as the kernels see it: the plan must not link it as a depthwise (found by fuzzing:
+    it failed, or ran as a 1x1, reading channels-last)."""
+    nodes = [h.make_node("Conv", ["x", "we"], ["e"]), h.make_node("Relu", ["e"], ["r"]),
+             h.make_node("Conv", ["r", "wd"], ["d"], pads=[1, 1, 1, 1]), h.make_node("Conv", ["d", "wp"], ["y"])]
+    m = model("one", nodes, {"we": f32(1, 5, 1, 1), "wd": f32(1, 1, 3, 3), "wp": f32(4, 1, 1, 1)}, 5, 6, ("y",))
+    x = f32(2, 5, 6, 6)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    s, (got,) = agrees_with_level_0(m, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert s.channels_last_nodes({"x": x.shape}) == []
