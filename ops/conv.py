@@ -231,22 +231,14 @@ def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem):
     for i in range(n):
         x = X[i].reshape(-1, c).T if nhwc_in else X[i].reshape(c, -1)        # (C, L)
         if nhwc_out:
-            y, L = Y[i].reshape(-1, m), x.shape[1]
+            y = Y[i].reshape(-1, m)
             z = None if Z is None else Z[i].reshape(-1, m)
             if ones:
                 Wt = weights_with_bias_transposed(W, B)
                 xt[:, :c] = x.T
             else:
                 Wt, xt = weights_transposed(W), x.T
-            for r0 in range(0, L, NHWC_ROWS):
-                band = y[r0:r0 + NHWC_ROWS]
-                np.matmul(xt[r0:r0 + NHWC_ROWS], Wt, out=band)
-                if B is not None and not ones:
-                    add_channels(band, B)
-                if z is not None:
-                    band += z[r0:r0 + NHWC_ROWS]
-                if act is not None:
-                    act(band)
+            _gemm_bands(xt, Wt, y, None if ones else B, z, act)
         else:
             y = Y[i].reshape(1, m, -1)
             np.matmul(W2, x, out=y[0])
@@ -278,12 +270,20 @@ def _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem):
         for b, q0, q1, x0 in phases:
             xt[:, b, q0:q1, :c] = src[:, x0::sw]
         Y[i, :pb0], Y[i, pb0 + h:] = 0, 0
-        y = Y[i, pb0:pb0 + h].reshape(-1, m)
-        for r0 in range(0, y.shape[0], NHWC_ROWS):
-            band = y[r0:r0 + NHWC_ROWS]
-            np.matmul(rows[r0:r0 + NHWC_ROWS], Wt, out=band)
-            if act is not None:
-                act(band)
+        _gemm_bands(rows, Wt, Y[i, pb0:pb0 + h].reshape(-1, m), None, None, act)
+
+
+def _gemm_bands(rows, Wt, y, B, z, act) -> None:
+    """y = act(rows @ Wt + B + z), NHWC_ROWS rows at a time: each band's epilogue runs in cache."""
+    for r0 in range(0, y.shape[0], NHWC_ROWS):
+        band = y[r0:r0 + NHWC_ROWS]
+        np.matmul(rows[r0:r0 + NHWC_ROWS], Wt, out=band)
+        if B is not None:
+            add_channels(band, B)
+        if z is not None:
+            band += z[r0:r0 + NHWC_ROWS]
+        if act is not None:
+            act(band)
 
 
 _tiled_bias: dict = {}
