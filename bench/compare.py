@@ -5,10 +5,14 @@
 
 For each case: the median latency of each runtime over --runs runs (after warm-up), run one
 after the other in every round so load on the machine hits all alike, and rzrt/onnxruntime.
-onnxruntime runs interleaved with spinning off and torch with OMP_WAIT_POLICY=PASSIVE (idle
-threads would otherwise busy-wait on the cores the next runtime needs; numpy's OpenBLAS has no
-such switch, so its threads may still slow the runtime after rzrt); "ort solo" is onnxruntime
-alone with its defaults, its best case.
+After every run the round pauses --settle seconds (default 0.2), so that no runtime's idle
+threads are still busy when the next one starts: numpy's OpenBLAS workers spin for about 0.1 s
+after rzrt's last GEMM, on the cores onnxruntime needs next, and there is no switch to stop them.
+Without the pause (--settle 0) onnxruntime ran ResNet-50 at batch 1 in 55.9 ms right after rzrt
+against 41.8 ms after a 0.2 s pause (same process, alternating, 15 runs each), and rzrt/onnxruntime
+came out 1.2 where it is 1.4-1.6. onnxruntime runs with spinning off and torch with
+OMP_WAIT_POLICY=PASSIVE for the same reason; "ort solo" is onnxruntime alone with its defaults
+(its threads spin between runs), its best case.
 Then peak memory (max RSS) of each runtime, each measured alone in a fresh process that
 loads the model and runs it a few times. Models are exported with random weights (seed 0);
 speed does not depend on the weights.
@@ -78,11 +82,16 @@ def ort_solo(path: Path, x: np.ndarray, runs: int, warmup: int, threads) -> floa
     if threads:
         opts.intra_op_num_threads = threads
     s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return measure({"ort": lambda x: s.run(None, {"input": x})}, x, runs, warmup)["ort"]
+    return measure({"ort": lambda x: s.run(None, {"input": x})}, x, runs, warmup, settle=0.0)["ort"]
 
 
-def measure(fns: dict, x: np.ndarray, runs: int, warmup: int, times=None) -> dict:
-    """Median ms per runtime; each run's times go to `times` (runtime -> list) when given."""
+SETTLE = 0.2    # seconds of pause after each run: longer than OpenBLAS's ~0.1 s of spinning after a GEMM
+
+
+def measure(fns: dict, x: np.ndarray, runs: int, warmup: int, times=None, settle: float = SETTLE) -> dict:
+    """Median ms per runtime; each run's times go to `times` (runtime -> list) when given.
+    settle: seconds to pause after each run, so that no runtime's idle threads still spin
+    when the next one starts (numpy's OpenBLAS workers spin ~0.1 s after rzrt's last GEMM)."""
     times = {k: [] for k in fns} if times is None else times
     for i in range(warmup + runs):
         for k, f in fns.items():
@@ -90,6 +99,8 @@ def measure(fns: dict, x: np.ndarray, runs: int, warmup: int, times=None) -> dic
             f(x)
             if i >= warmup:
                 times.setdefault(k, []).append((time.perf_counter() - t) * 1e3)
+            if settle:
+                time.sleep(settle)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
@@ -129,6 +140,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="threads for every runtime (default: all cores)")
+    p.add_argument("--settle", type=float, default=SETTLE, metavar="SECONDS",
+                   help="pause after every run, so no runtime's spinning threads slow the next one (0: none)")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
@@ -138,7 +151,8 @@ def main(argv=None) -> int:
     import rzrt
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}, "
           f"rzrt {rzrt.__version__}, onnxruntime {onnxruntime.__version__}, torch {torch.__version__}")
-    print(f"median of {args.runs} interleaved runs after {args.warmup} warm-up; threads: {args.threads or 'all'}; "
+    print(f"median of {args.runs} interleaved runs after {args.warmup} warm-up"
+          f"{f', {args.settle} s pause after each run' if args.settle else ''}; threads: {args.threads or 'all'}; "
           f"load average {os.getloadavg()[0]:.2f} (a busy machine hurts the runtimes unevenly)")
     print("paired: the median over rounds of rzrt's time / onnxruntime's in the same round")
     print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}{'paired':>8}"
@@ -151,7 +165,7 @@ def main(argv=None) -> int:
         for batch in [int(b) for b in args.batches.split(",")]:
             x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
             times: dict = {}
-            ms = measure(fns, x, args.runs, args.warmup, times)
+            ms = measure(fns, x, args.runs, args.warmup, times, args.settle)
             solo = ort_solo(path, x, args.runs, args.warmup, args.threads)
             row = {"model": name + (" (BN kept)" if flavour == "keepbn" else ""), "batch": batch, **ms,
                    "ratio": ms["rzrt"] / ms["onnxruntime"], "paired": paired_ratio(times["rzrt"], times["onnxruntime"]),

@@ -4,7 +4,7 @@
     python bench/zoo.py --models convnext_tiny,swin_t --runs 10
 
 For each model: the median latency of rzrt (default level) and onnxruntime (spinning off, as in
-compare.py) over --runs interleaved runs, their ratio, and the op type where rzrt spends most
+compare.py) over --runs interleaved runs, with compare.py's pause after each run (--settle), their ratio, and the op type where rzrt spends most
 (from one profiled run): the place to look first. Sorted by ratio, worst first. Exports with
 random weights (seed 0) are cached with compare.py's.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import model_path  # noqa: E402
+from compare import SETTLE, model_path  # noqa: E402
 
 ZOO = ["alexnet", "vgg11_bn", "googlenet", "inception_v3", "squeezenet1_1", "densenet121", "resnet18", "resnet50",
        "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
@@ -29,7 +29,7 @@ ZOO = ["alexnet", "vgg11_bn", "googlenet", "inception_v3", "squeezenet1_1", "den
        "swin_t", "maxvit_t"]
 
 
-def measure(name: str, runs: int, warmup: int) -> dict:
+def measure(name: str, runs: int, warmup: int, settle: float = SETTLE) -> dict:
     import onnxruntime as ort
 
     import rzrt
@@ -48,6 +48,7 @@ def measure(name: str, runs: int, warmup: int) -> dict:
             fn()
             if r >= warmup:
                 times[label].append(time.perf_counter() - t)
+            time.sleep(settle)
     prof = rzrt.InferenceSession(path, profile=True)
     prof.run(None, {"input": x})
     prof.clear_profile()
@@ -64,15 +65,17 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(ZOO), help="comma-separated torchvision names")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--settle", type=float, default=SETTLE, metavar="SECONDS",
+                    help="pause after every run, as in compare.py (0: none)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     rows = []
     for name in args.models.split(","):
         if name not in ZOO:
             sys.exit(f"error: unknown model {name!r}; expected one of {', '.join(ZOO)}")
-        rows.append(measure(name, args.runs, args.warmup))
+        rows.append(measure(name, args.runs, args.warmup, args.settle))
         print(f"  measured {name}", file=sys.stderr, flush=True)
-    print(f"batch 1, median of {args.runs} interleaved runs; load average {os.getloadavg()[0]:.2f}")
+    print(f"batch 1, median of {args.runs} interleaved runs, {args.settle} s pause after each; load average {os.getloadavg()[0]:.2f}")
     print(f"{'model':20s} {'rzrt ms':>9s} {'ort ms':>9s} {'rzrt/ort':>9s}  rzrt's top op type")
     for r in sorted(rows, key=lambda r: -r["ratio"]):
         print(f"{r['model']:20s} {r['rzrt_ms']:9.1f} {r['ort_ms']:9.1f} {r['ratio']:9.2f}  "

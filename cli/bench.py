@@ -54,9 +54,12 @@ def _stats(ms: list, batch: int) -> dict:
 @click.option("--vs", "peer", metavar="BACKEND",
               help="also run another ONNX backend (an onnx.backend module, e.g. onnxruntime), interleaved, "
                    "and print the ratio")
+@click.option("--settle", default=0.2, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
+              help="with --vs: pause after every run, so neither runtime's idle threads (they spin for a while "
+                   "after a run) slow the other's next run")
 @click.option("--ladder", is_flag=True, help="run the optimisation steps one by one and print each step's latency")
 @session_options
-def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
+def bench(model, batch_text, runs, warmup, peer, settle, ladder, level, threads):
     """Latency (mean, p50/p90/p99) and throughput of MODEL per batch size.
 
     \b
@@ -91,9 +94,11 @@ def bench(model, batch_text, runs, warmup, peer, ladder, level, threads):
                 if i >= warmup:
                     mine.append(t)
                 if ort:
+                    time.sleep(settle)
                     t = _time(theirs, feeds)
                     if i >= warmup:
                         peer_ms.append(t)
+                    time.sleep(settle)
         s = _stats(mine, b)
         line = (f"{b:>5}{s['mean']:>10.2f}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['ips']:>10.1f}"
                 f"{mb(sess.memory_plan().arena_bytes):>10}")

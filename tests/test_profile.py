@@ -107,7 +107,7 @@ def test_bench_table_and_ladder(resnet18_path):
 
 
 def test_bench_vs_onnxruntime(resnet18_path):
-    out = invoke("bench", resnet18_path, "--runs", 2, "--warmup", 0, "--vs", "onnxruntime").output
+    out = invoke("bench", resnet18_path, "--runs", 2, "--warmup", 0, "--vs", "onnxruntime", "--settle", 0.05).output
     head, row = [line for line in out.splitlines() if not line.startswith(("BLAS:", "  note:"))][1:3]
     assert "rzrt/onnxruntime" in head and float(row.split()[-1]) > 0
     assert max(len(line) for line in out.splitlines()) <= 100
