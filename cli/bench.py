@@ -21,6 +21,8 @@ LADDER = [
     ("+ BLAS on all cores", dict(level=2, memory_plan=True, threads=None, winograd=True)),
     ("+ non-BLAS work on threads too (off: slower)", dict(level=2, memory_plan=True, threads=None, winograd=True,
                                                                 split=True)),
+    ("instead: convolutions shared by 2 processes", dict(level=2, memory_plan=True, threads=None, winograd=True,
+                                                         processes=2)),
 ]
 
 
@@ -59,7 +61,7 @@ def _stats(ms: list, batch: int) -> dict:
                    "after a run) slow the other's next run")
 @click.option("--ladder", is_flag=True, help="run the optimisation steps one by one and print each step's latency")
 @session_options
-def bench(model, batch_text, runs, warmup, peer, settle, ladder, level, threads):
+def bench(model, batch_text, runs, warmup, peer, settle, ladder, level, threads, processes):
     """Latency (mean, p50/p90/p99) and throughput of MODEL per batch size.
 
     \b
@@ -70,9 +72,10 @@ def bench(model, batch_text, runs, warmup, peer, settle, ladder, level, threads)
     batches = _batches(batch_text)
     if ladder:
         return _ladder(model, batches[0], runs, warmup)
-    sess = open_session(model, level=level, threads=threads)
+    sess = open_session(model, level=level, threads=threads, processes=processes)
     ort = _peer_backend(peer, model) if peer else None
-    click.echo(f"{Path(model).name}: level {level}, threads {threads or 'all'}, {runs} runs after {warmup} warm-up")
+    click.echo(f"{Path(model).name}: level {level}, threads {threads or 'all'}, processes {processes}, "
+               f"{runs} runs after {warmup} warm-up")
     for line in blas_lines():
         click.echo(line)
     head = f"{'batch':>5}{'mean ms':>10}{'p50':>9}{'p90':>9}{'p99':>9}{'images/s':>10}{'arena':>10}"

@@ -16,6 +16,9 @@ def session_options(fn=None, *, level: int = 2):
         fn = click.option("--plugin", "plugins", multiple=True, expose_value=False, callback=_load_plugins,
                           is_eager=True, metavar="FILE.py|MODULE",
                           help="load custom kernels (@rzrt.register_op) before the model; repeatable")(fn)
+        fn = click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+                          help="share every convolution among this many processes, one per core "
+                               "(Linux; not with profile)")(fn)
         fn = click.option("--threads", type=click.IntRange(min=1), default=None,
                           help="BLAS threads  [default: all cores]")(fn)
         fn = click.option("--level", "-O", type=click.IntRange(0, 2), default=level, show_default=True,

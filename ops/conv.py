@@ -22,7 +22,7 @@ import weakref
 import numpy as np
 
 from rzrt.ops import depthwise, registry, winograd
-from rzrt.ops.parallel import split
+from rzrt.ops.parallel import share, split
 from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes, windows
 
@@ -108,6 +108,10 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
         pieces.append(((xs[0], ws[0]) + osp, size))
     elif wm:
         pieces += winograd.scratch_pieces(xs, ws, wm, size)
+        if team_im2col(xs, osp, wm):                   # (room for the im2col a team runs instead)
+            ck = xs[1] * prod(k)
+            need = scratch_bytes(pieces[0], ((ck + 1, band_rows(ck, osp, size) * prod(osp[1:])), size))
+            pieces.append(((max(0, need - scratch_bytes(*pieces)),), 1))
     elif not (all(x == 1 for x in k) and all(x == 1 for x in s)):
         ck, nb = xs[1] * prod(k), images_per_gemm(xs[0], xs[1] * prod(k), prod(osp), size, group)
         if nb > 1:
@@ -117,6 +121,16 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     elif bias_in_gemm(xs[1], ws[0], group, len(rest) > 0 and rest[0] is not None, True):
         pieces.append(((xs[1] + 1, prod(osp)), size))            # the input under a ones row
     return scratch_bytes(*pieces)
+
+
+TEAM_TILES = 32         # Winograd tiles per image below which a team (rzrt/team.py) uses im2col
+TEAM_PIXELS = 1024      # output pixels per image below which a team shares output channels, not pixels
+
+
+def team_im2col(x_shape, osp, wm) -> bool:
+    """One image with few Winograd tiles: split among processes, each would GEMM a tile or two;
+    im2col with the output channels shared does better (ResNet-50's 7x7 and 14x14 3x3s)."""
+    return x_shape[0] == 1 and prod(-(-o // wm) for o in osp) < TEAM_TILES
 
 
 WIDE_PIXELS = 256       # output pixels per image below which images share one GEMM (batch > 1)
@@ -135,19 +149,22 @@ def images_per_gemm(n: int, ck: int, pixels: int, itemsize: int, group: int) -> 
 @kernel("Conv", since=1, shape=conv_shape, scratch=conv_scratch)
 def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
          strides=None, out=None, scratch=None, _nhwc_in=False, _nhwc_out=False, _memo=None, _pad_out=None,
-         _padded_in=None):
+         _padded_in=None, _part=None):
     return conv(X, W, B, None, None, auto_pad, dilations, group, kernel_shape, pads, strides, out, scratch,
-                _nhwc_in, _nhwc_out, _memo, _pad_out, _padded_in)
+                _nhwc_in, _nhwc_out, _memo, _pad_out, _padded_in, _part)
 
 
 def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
-         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None, pad_out=None, padded_in=None):
+         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None, pad_out=None, padded_in=None, part=None):
     """Y = act(conv(X, W) + B + Z); B, Z and act are applied band by band while the band is in cache.
     nhwc_in / nhwc_out: X / Y are channels-last (N, H, W, C), for the 1x1 and small-plane depthwise
     convolutions of a MobileNet block (rzrt/layout.py decides). memo: a dict kept with the node
     across runs (the session's `_memo`), where a kernel may keep what it derives from the shapes
     and buffers. pad_out / padded_in: a 1x1 expansion writes the padded, column-phased image its
-    depthwise reads (see _pointwise_padded)."""
+    depthwise reads (see _pointwise_padded). part = (rank, ranks): compute only this worker's share
+    of Y (rzrt/team.py): its images when there are several, else its output rows, columns or
+    channels, whichever the path splits without repeating work; a path that cannot split runs
+    whole on rank 0."""
     if padded_in:                                    # (N, Hp, s, width, C) holding an (H, W) image
         xshape = (X.shape[0], X.shape[-1]) + tuple(padded_in)
     else:                                            # the logical NCHW shape
@@ -162,36 +179,49 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     else:
         Y = np.empty((n,) + tuple(pad_out[2:]) + (m,) if pad_out else ((n,) + osp + (m,)) if nhwc_out
                      else ((n, m) + osp), dtype=np.result_type(X, W))
+    if part is not None and n > 1:                   # several images: each worker its own
+        lo, hi = share(n, part)
+        if lo < hi:
+            zs = Z[lo:hi] if Z is not None and Z.ndim == Y.ndim and Z.shape[0] == n else Z
+            conv(X[lo:hi], W, B, zs, act, auto_pad, dilations, group, kernel_shape, pads, strides, Y[lo:hi],
+                 scratch, nhwc_in, nhwc_out, memo, pad_out, padded_in)
+        return Y
     mem = Carver(scratch)
     if nhwc_in or nhwc_out:
         if _is_depthwise(c, m, group, W.shape):
             if nhwc_out and Z is not None:
                 raise ValueError("a residual into a channels-last depthwise output is not supported")
             depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out,
-                                                memo, padded_in)
+                                                memo, padded_in, part)
         elif not _pointwise(k, s, pb, pe):                  # a dense convolution (a stem) writing (H, W, C)
             if nhwc_in or group != 1 or Z is not None:
                 raise ValueError("only a 1x1 or depthwise convolution reads channels-last or adds a residual to it")
             Xp = pad(X, pb, pe, out=mem.take(X.shape[:2] + tuple(a + b + e for a, b, e in zip(X.shape[2:], pb, pe)),
                                              X.dtype)) if any(pb) or any(pe) else X
-            _im2col_gemm(Xp, W, B, None, act, 1, k, s, d, osp, Y, mem, nhwc_out=True)
+            _im2col_gemm(Xp, W, B, None, act, 1, k, s, d, osp, Y, mem, nhwc_out=True, part=part)
         elif pad_out:
-            _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem)
+            _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem, part)
         else:
             if nhwc_out and Z is not None and Z.shape != Y.shape:
                 raise ValueError(f"a channels-last output takes a residual of its own shape {list(Y.shape)}, "
                                  f"got {list(Z.shape)}")
-            _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem)
+            _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem, part)
         return Y
     if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
         Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
     if _is_depthwise(c, m, group, W.shape) and len(k) == 2:
-        depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo)
+        depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo, part)
         return Y
     wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
                             X.dtype) if WINOGRAD else 0
+    if wm and part is not None and team_im2col(X.shape, osp, wm):
+        wm = 0                                     # too few tiles to share: im2col, output channels shared
     if wm:                                         # zeros below and right up to whole tiles
         pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(X.shape, wm)))
+    if part is not None and _is_depthwise(c, m, group, W.shape):
+        if part[0] != 0:                           # a 1-D or 3-D depthwise: rank 0 alone
+            return Y
+        part = None
     Xp = X
     if wm:                                         # Winograd gathers its tiles from a channels-last copy
         Xp = winograd.pad_channels_last(X, pe, mem)
@@ -203,27 +233,30 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         for i in range(n):
             _finish(Y[i].reshape(1, m, -1), B, Z, act, i, slice(None))
     elif wm and Z is None:                         # bias and activation on the tiles, in cache
-        winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=lambda t: _finish_tiles(t, B, act))
+        winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=lambda t: _finish_tiles(t, B, act), part=part)
     elif wm:
         winograd.conv3x3(Xp, W, wm, Y, mem,
-                         finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
+                         finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols),
+                         part=part)
     else:
-        _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem)
+        _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, part=part)
     return Y
 
 
 NHWC_ROWS = 4096     # pixels per GEMM band of a channels-last 1x1 output: its epilogue runs in cache
 
 
-def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem):
+def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem, part=None):
     """A 1x1 convolution with X or Y channels-last: the same GEMM, one operand transposed
     (BLAS reads the transpose in place): Y[i] (L, M) = X[i] (C, L)^T @ W^T, or Y[i] = W @ X[i] (L, C)^T.
     Writing channels-last, an expansion's bias rides in the GEMM, [X^T | 1] @ [W^T; B]; a
     projection's is added with the residual Z (then channels-last too). The GEMM runs in bands of
-    NHWC_ROWS pixels so the epilogue finds each band in cache."""
+    NHWC_ROWS pixels so the epilogue finds each band in cache. part: this worker's pixels
+    (channels-last out) or output channels (planar out)."""
     n, m = Y.shape[0], W.shape[0]
     W2 = W.reshape(m, -1)
     c = W2.shape[1]
+    L = Y[0].size // m
     ones = nhwc_out and nhwc_bias_in_gemm(c, m, B is not None)
     if ones:
         xt = mem.take((Y[0].size // m, c + 1), X.dtype)              # [X^T | 1], one image at a time
@@ -231,33 +264,38 @@ def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem):
     for i in range(n):
         x = X[i].reshape(-1, c).T if nhwc_in else X[i].reshape(c, -1)        # (C, L)
         if nhwc_out:
-            y = Y[i].reshape(-1, m)
-            z = None if Z is None else Z[i].reshape(-1, m)
+            lo, hi = share(L, part)
+            y = Y[i].reshape(-1, m)[lo:hi]
+            z = None if Z is None else Z[i].reshape(-1, m)[lo:hi]
             if ones:
                 Wt = weights_with_bias_transposed(W, B)
-                xt[:, :c] = x.T
+                xt[lo:hi, :c] = x.T[lo:hi]
+                rows = xt[lo:hi]
             else:
-                Wt, xt = weights_transposed(W), x.T
-            _gemm_bands(xt, Wt, y, None if ones else B, z, act)
+                Wt, rows = weights_transposed(W), x.T[lo:hi]
+            _gemm_bands(rows, Wt, y, None if ones else B, z, act)
         else:
+            lo, hi = share(m, part)
             y = Y[i].reshape(1, m, -1)
-            np.matmul(W2, x, out=y[0])
-            _finish(y, B, Z if Z is None or Z.shape == Y.shape else np.broadcast_to(Z, Y.shape), act, i,
-                    slice(None))
+            np.matmul(W2[lo:hi], x, out=y[0, lo:hi])
+            zi = None if Z is None else np.broadcast_to(Z, Y.shape)[i].reshape(1, m, -1)[:, lo:hi]
+            _finish_part(y[:, lo:hi], None if B is None else B[lo:hi], zi, act)
 
 
-def _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem):
+def _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem, part=None):
     """A 1x1 expansion writing the image its depthwise reads, padded and split into column phases,
     Y (N, Hp, s, width, M) (depthwise.column_phases), so the depthwise copies nothing: the GEMM runs
     over every slot of the image's rows, the padding slots with an all-zero row of [X^T | 1], whose
     output, act(0), is 0 (rzrt/layout.py makes sure). The padding rows above and below are zeroed.
-    It computes (s*width - W)/W more rows (2-7% from 28x28 up) and saves the depthwise's copy."""
+    It computes (s*width - W)/W more rows (2-7% from 28x28 up) and saves the depthwise's copy.
+    part: this worker's image rows."""
     pb0, pb1, hp, sw, width = pad_out
     n, m = Y.shape[0], W.shape[0]
     c = W.size // m
     h, w = (X.shape[1], X.shape[2]) if nhwc_in else (X.shape[2], X.shape[3])
+    lo, hi = share(h, part)
     ones = B is not None
-    xt = mem.take((h, sw, width, c + ones), X.dtype)
+    xt = mem.take((h, sw, width, c + ones), X.dtype)[lo:hi]
     Wt = weights_with_bias_transposed(W, B) if ones else weights_transposed(W)
     phases = depthwise.column_phases(w, pb1, sw)
     for b, q0, q1, _ in phases:                          # the padding slots: zero rows, the ones too
@@ -266,11 +304,12 @@ def _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem):
             xt[:, b, q0:q1, c] = 1
     rows = xt.reshape(-1, c + ones)
     for i in range(n):
-        src = X[i] if nhwc_in else X[i].transpose(1, 2, 0)                          # (H, W, C)
+        src = (X[i] if nhwc_in else X[i].transpose(1, 2, 0))[lo:hi]                  # (rows, W, C)
         for b, q0, q1, x0 in phases:
             xt[:, b, q0:q1, :c] = src[:, x0::sw]
-        Y[i, :pb0], Y[i, pb0 + h:] = 0, 0
-        _gemm_bands(rows, Wt, Y[i, pb0:pb0 + h].reshape(-1, m), None, None, act)
+        if lo == 0:
+            Y[i, :pb0], Y[i, pb0 + h:] = 0, 0
+        _gemm_bands(rows, Wt, Y[i, pb0 + lo:pb0 + hi].reshape(-1, m), None, None, act)
 
 
 def _gemm_bands(rows, Wt, y, B, z, act) -> None:
@@ -331,6 +370,16 @@ def _finish(y, B, Z, act, i, cols):
         if act is not None:
             act(part)
     split(channels, mg, y.size)
+
+
+def _finish_part(y, B, Z, act):
+    """The epilogue on a block y of output channels: y = act(y + B + Z), B and Z cut to match."""
+    if B is not None:
+        y += B.reshape(1, -1, 1)
+    if Z is not None:
+        y += Z
+    if act is not None:
+        act(y)
 
 
 def _finish_tiles(t, B, act):
@@ -402,10 +451,10 @@ def weights_with_bias_transposed(W, B) -> np.ndarray:
 OUT_BYTES = 1 << 30    # a 1x1 convolution's output band (whole images: one big GEMM beats cache-sized bands here)
 
 
-def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False):
+def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False, part=None):
     """Y = act(W @ im2col(Xp) + B + Z), band by band of output rows; nhwc_out (group 1, no residual):
     Y is (N, H, W, M), written by the transposed GEMM im2col^T @ [W; B]^T (rzrt/layout.py links a
-    stem to the depthwise it feeds so)."""
+    stem to the depthwise it feeds so). part: this worker's output columns (1x1) or rows."""
     n, c = Xp.shape[:2]
     m, ck, L = W.shape[0], W.shape[1] * prod(k), prod(osp)
     mg = m // group
@@ -417,13 +466,25 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False):
         if ones:                                         # the input under a row of ones
             Wg, xe = weights_with_bias(W, B)[None], mem.take((ck + 1, L), Xp.dtype)
             xe[ck] = 1
+        if part is not None and group == 1 and L < TEAM_PIXELS:      # few pixels: share the channels
+            lo, hi = share(m, part)
+            for i in range(n):
+                x, y = Xp[i].reshape(ck, L), Y[i].reshape(1, m, L)
+                if ones:
+                    xe[:ck] = x
+                    x = xe
+                np.matmul(Wg[0][lo:hi], x, out=y[0, lo:hi])
+                _finish_part(y[:, lo:hi], None if ones or B is None else B[lo:hi],
+                             None if Z is None else Z[i].reshape(1, m, L)[:, lo:hi], act)
+            return
+        lo, hi = share(L, part)
         for i in range(n):
             x, y = Xp[i].reshape(group, ck, L), Y[i].reshape(group, mg, L)
             if ones:
-                xe[:ck] = x[0]
+                xe[:ck, lo:hi] = x[0, :, lo:hi]
                 x = xe[None]
-            for c0 in range(0, L, width):
-                band = slice(c0, min(L, c0 + width))
+            for c0 in range(lo, hi, width):
+                band = slice(c0, min(hi, c0 + width))
                 for g in range(group):
                     np.matmul(Wg[g], x[g, :, band], out=y[g, :, band])
                 _finish(y[:, :, band], None if ones else B, Z, act, i, band)
@@ -442,10 +503,13 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False):
     row_axis = 1 + len(k)                                # the first output axis of wins[i]
     if nhwc_out:
         Wt = weights_with_bias_transposed(W, B) if ones else weights_transposed(W)
+    by_channels = part is not None and group == 1 and not nhwc_out and L < TEAM_PIXELS
+    lo, hi = (0, osp[0]) if by_channels else share(osp[0], part)       # the output rows this rank makes
+    m0, m1 = share(m, part) if by_channels else (0, m)                 # and its output channels
     for i in range(n):
         y = Y[i].reshape(L, m) if nhwc_out else Y[i].reshape(group, mg, L)
-        for r0 in range(0, osp[0], rows):
-            r1 = min(osp[0], r0 + rows)
+        for r0 in range(lo, hi, rows):
+            r1 = min(hi, r0 + rows)
             src = wins[i][(slice(None),) * row_axis + (slice(r0, r1),)]
             width = (r1 - r0) * inner
             cols = buf[:, :width]
@@ -453,12 +517,17 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False):
             split(lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]), c, width * (cols.shape[0] - 1))   # im2col
             band = slice(r0 * inner, r1 * inner)
             if nhwc_out:                                 # Y[band] (pixels, M) = cols^T @ W^T
-                part = y[band]
-                np.matmul(cols.T if ones else cols[:-1].T, Wt, out=part)
+                yb = y[band]
+                np.matmul(cols.T if ones else cols[:-1].T, Wt, out=yb)
                 if B is not None and not ones:
-                    add_channels(part, B)
+                    add_channels(yb, B)
                 if act is not None:
-                    act(part)
+                    act(yb)
+                continue
+            if by_channels:
+                np.matmul(Wg[0][m0:m1], cols if ones else cols[:-1], out=y[0, m0:m1, band])
+                _finish_part(y[:, m0:m1, band], None if ones or B is None else B[m0:m1],
+                             None if Z is None else Z[i].reshape(1, m, L)[:, m0:m1, band], act)
                 continue
             if ones:
                 np.matmul(Wg[0], cols, out=y[0, :, band])

@@ -137,11 +137,13 @@ def fill_phases(x, planes, lay: Layout, s, pb) -> None:
         plane[:, r0:r0 + nr, q0:q0 + nq] = src[:, :nr, :nq]
 
 
-def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=None) -> None:
-    """Y = act(depthwise(X, W) + B + Z), channel block by channel block."""
+def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=None, part=None) -> None:
+    """Y = act(depthwise(X, W) + B + Z), channel block by channel block; part: this worker's
+    channels (rzrt/team.py)."""
     n, c = X.shape[:2]
     if channels_last(osp, Y.dtype.itemsize) and X.dtype == Y.dtype:
-        return depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=memo)
+        return depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=memo, part=part)
+    clo, chi = (0, c) if part is None else (c * part[0] // part[1], c * (part[0] + 1) // part[1])
     acc_dtype = np.float32 if Y.dtype.itemsize < 4 else Y.dtype      # half precision adds up in float32
     lay = layout(X.shape, k, s, d, pb, pe, osp, np.dtype(acc_dtype).itemsize)
     taps = W.reshape(c, 1, prod(k)).astype(acc_dtype)
@@ -153,8 +155,8 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=None) -> Non
     L, ow = lay.wide, lay.out_cols
     for i in range(n):
         fill_phases(X[i], planes, lay, s, pb)
-        for c0 in range(0, c, cb):
-            c1 = min(c, c0 + cb)
+        for c0 in range(clo, chi, cb):
+            c1 = min(chi, c0 + cb)
             stack, acc, tmp = stack_buf[:c1 - c0], acc_buf[:c1 - c0], tmp_buf[:c1 - c0]
             for t, (p, off) in enumerate(lay.stack):         # S[c, t] = a flat view of a plane
                 np.copyto(stack[:, t], planes[p, c0:c1, off:off + lay.span])
@@ -257,7 +259,7 @@ class ChannelsLastPlan:
 
 
 def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in=False, nhwc_out=False,
-                              memo=None, padded_in=None) -> None:
+                              memo=None, padded_in=None, part=None) -> None:
     """Y = act(depthwise(X, W) + B + Z), channels innermost:
     Y[h, w, c] = sum_ij Xpad[h*s + i*d, w*s + j*d, c] * W[c, i, j].
     The padded image is copied into column phases (Columns), so that for each output row h, kernel
@@ -268,7 +270,8 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
     channels-last (N, H, W, C) (rzrt/layout.py: a MobileNet block's 1x1 convolutions read and write them so).
     memo: a dict that lives with the node (the session's `_memo`), where the plan is kept.
     padded_in: (H, W) when X is already the padded image in column phases, (N, Hp, s, width, C),
-    written so by the 1x1 expansion before it (conv._pointwise_padded): no copy, no border to zero."""
+    written so by the 1x1 expansion before it (conv._pointwise_padded): no copy, no border to zero.
+    part = (rank, ranks): only this worker's share of the output rows (rzrt/team.py)."""
     if mem.buf is None:                  # no memory plan: fresh buffers every run, nothing worth keeping
         memo = None
     key = (id(X), id(Y), id(mem.buf), id(W), X.shape, X.strides, Y.shape, k, s, d, pb, pe, nhwc_in, nhwc_out)
@@ -283,23 +286,28 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
         z.fill(0)
     wts = plan.wts if plan.taps_fixed else tiled_taps(W, k, osp[1], plan.cols, Y.dtype)
     tmp = plan.tmp
+    lo, hi = (0, osp[0]) if part is None else (osp[0] * part[0] // part[1], osp[0] * (part[0] + 1) // part[1])
+    rows = slice(lo, hi)
     for i, (fills, views, y, (a, yi)) in enumerate(zip(plan.fills, plan.views, plan.ys, plan.epilogue)):
         for dst, src in fills:
             np.copyto(dst, src)
+        y, t = y[rows], tmp[rows] if tmp.size else tmp
         for g, (view, wt) in enumerate(zip(views, wts)):
-            np.einsum("hijk,ijk->hk", view, wt, out=y if g == 0 else tmp)
+            np.einsum("hijk,ijk->hk", view[rows], wt, out=y if g == 0 else t)
             if g:
-                y += tmp
+                y += t
         if a is None:                                    # channels-last out (no residual: conv() refuses one)
             if B is not None:                            # a row of B: long inner loops (56x56x144: 83 -> 43 us)
                 y += _bias_row(plan, B, osp[1])
+            yi = y
         else:
+            a, yi = a[:, rows], yi[:, rows]
             if B is not None:
                 np.add(a, B.reshape(-1, 1, 1), out=yi)
             else:
                 np.copyto(yi, a)
             if Z is not None:
-                yi += Z[i]
+                yi += Z[i][:, rows]
         if act is not None:
             act(yi)
 

@@ -54,19 +54,21 @@ def fused_conv_shape(x, w, b=None, z=None, **attrs):
 @kernel("FusedConv", domain="rzrt", since=1, shape=fused_conv_shape, scratch=conv_scratch)
 def FusedConv(X, W, B=None, Z=None, *, activation="", activation_params=(), auto_pad="NOTSET", dilations=None,
               group=1, kernel_shape=None, pads=None, strides=None, out=None, scratch=None, _nhwc_in=False,
-              _nhwc_out=False, _memo=None, _pad_out=None, _padded_in=None):
+              _nhwc_out=False, _memo=None, _pad_out=None, _padded_in=None, _part=None):
     act = in_place(activation, tuple(activation_params)) if activation else None
     geo = dict(auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                strides=strides)
     if _nhwc_in or _nhwc_out:                      # channels-last in or out: rzrt/layout.py
         return conv(X, W, B, Z, act, **geo, out=out, scratch=scratch, nhwc_in=_nhwc_in, nhwc_out=_nhwc_out,
-                    memo=_memo, pad_out=_pad_out, padded_in=_padded_in)
+                    memo=_memo, pad_out=_pad_out, padded_in=_padded_in, part=_part)
     if Z is not None:
         y_shape, _ = conv_shape((X.shape, X.dtype), (W.shape, W.dtype), **geo)
         if np.broadcast_shapes(y_shape, Z.shape) != y_shape:   # Z broadcasts the output up: add it after
+            if _part is not None and _part[0] != 0:           # (rank 0 alone: see rzrt/team.py)
+                return out
             Y = np.add(conv(X, W, B, None, None, **geo, scratch=scratch), Z, out=out)
             return activate(Y, activation, activation_params)
-    return conv(X, W, B, Z, act, **geo, out=out, scratch=scratch)
+    return conv(X, W, B, Z, act, **geo, out=out, scratch=scratch, part=_part)
 
 
 @kernel("FusedGemm", domain="rzrt", since=1, shape=gemm_shape)

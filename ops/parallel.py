@@ -21,6 +21,15 @@ MIN_WORK = 1 << 16          # elements below which a split costs more than it sa
 SPLIT = False               # see above: measured slower on 2 cores, so off
 
 
+def share(n: int, part) -> tuple:
+    """[lo, hi): the share of range(n) that worker `rank` of `ranks` computes, part = (rank, ranks)
+    (rzrt/team.py runs a kernel in several processes, each on its share of the output)."""
+    if part is None:
+        return 0, n
+    rank, ranks = part
+    return n * rank // ranks, n * (rank + 1) // ranks
+
+
 def set_threads(n: int | None) -> None:
     global _threads
     _threads = max(1, n or os.cpu_count() or 1)

@@ -135,7 +135,7 @@ def pad_channels_last(X, pe, mem) -> np.ndarray:
     return xt
 
 
-def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None):
+def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None, part=None):
     """Y = conv(X, W) from the padded channels-last input Xp (N, H, W, C: pad 1 above and left,
     up to whole tiles below and right; pad_channels_last). epilogue(t) applies bias and
     activation in place to a block t (pixels, K) of output tiles while it is in cache, before
@@ -145,7 +145,8 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None):
     Tiles are laid out channels last, V[p] = (tiles, C) and M[p] = V[p] @ U[p] = (tiles, K): the
     gather of the overlapping input tiles and the scatter of the output tiles then copy runs of
     C (or K) elements, where tiles-last layouts copy runs of one tile row (2-14 elements), and
-    numpy's copy loops are slow on short runs."""
+    numpy's copy loops are slow on short runs.
+    part = (rank, ranks): only this worker's share of the tile rows (rzrt/team.py)."""
     BT, _, AT = (M.astype(Xp.dtype) for M in F[m])
     a = m + 2
     n, c = Xp.shape[0], Xp.shape[3]
@@ -165,7 +166,11 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None):
     buf_d = mem.take((max(a * a * c, m * a * k) * q_max,), Xp.dtype)
     buf_v = mem.take((max(a * a * c, m * m * k) * q_max,), Xp.dtype)
     prod_ = mem.take((a * a * q_max * k,), Xp.dtype)
+    lo, hi = (0, th) if part is None else (th * part[0] // part[1], th * (part[0] + 1) // part[1])
     for i0, i1, t0, t1 in chunks(n, th, tw):
+        t0, t1 = max(t0, lo), min(t1, hi)
+        if t0 >= t1:
+            continue
         ni, nt = i1 - i0, t1 - t0
         q = ni * nt * tw
         dd, vv = buf_d[:a * a * q * c], buf_v[:a * a * q * c]

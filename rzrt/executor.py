@@ -63,16 +63,7 @@ class Executor:
     arena: np.ndarray | None = None
 
     def run(self, feeds: dict) -> dict:
-        env = dict(self.constants)
-        env.update(feeds)
-        for step in self.steps:
-            args = [env[n] if n else None for n in step.inputs]
-            results = self.run_node(step, args)
-            for name, value in zip(step.outputs, results):
-                if name:
-                    env[name] = value
-            for name in step.frees:
-                env.pop(name, None)
+        env = self.execute(feeds)
         held = {id(_root(a)) for a in feeds.values() if isinstance(a, np.ndarray)}
         results = {}
         for n in self.output_names:
@@ -82,6 +73,24 @@ class Executor:
                     value = value.copy()       # two outputs (y and Identity(y)) are two arrays, as in onnxruntime
             results[n] = value
         return results
+
+    def execute(self, feeds: dict) -> dict:
+        """Every step in order; the values left at the end (the graph outputs among them)."""
+        env = dict(self.constants)
+        env.update(feeds)
+        for step in self.steps:
+            self.run_step(step, env)
+        return env
+
+    def run_step(self, step: Step, env: dict) -> None:
+        """One step: its inputs from env, its outputs into env, and the values it read last out."""
+        args = [env[n] if n else None for n in step.inputs]
+        results = self.run_node(step, args)
+        for name, value in zip(step.outputs, results):
+            if name:
+                env[name] = value
+        for name in step.frees:
+            env.pop(name, None)
 
     def _owned(self, value, held: set):
         """Outputs are the caller's own, as onnxruntime's are: never a view of the arena (the next

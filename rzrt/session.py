@@ -16,6 +16,7 @@ from rzrt.executor import Executor, Step, last_uses
 from rzrt.graph import Graph, Value
 from rzrt.layout import LAYOUT_FLAGS, channels_last_blocks
 from rzrt.model import load_model
+from rzrt import team
 from rzrt.ops import parallel, registry
 from rzrt.planner import MemoryPlan, Request, plan
 from rzrt.shapes import NON_DETERMINISTIC, infer_shapes
@@ -44,13 +45,15 @@ class InferenceSession:
     memory_plan  place every intermediate value in one preallocated arena (plans cached per input shape)
     profile      time every node of every run; session.profile() returns the records
     threads      threads for BLAS (None: numpy's default, all cores)
+    processes    run every convolution split across this many processes, one per core, sharing the
+                 arena (rzrt/team.py; Linux; 1: this process alone, the default)
     custom_ops   kernels for this session only (functions decorated with @rzrt.custom_op or
                  @rzrt.register_op); they win over the global registry here and nowhere else
     """
 
     def __init__(self, path_or_bytes, sess_options=None, providers=None, *, level: int = 2,
                  memory_plan: bool = True, profile: bool = False, threads: int | None = None,
-                 custom_ops=None):
+                 processes: int = 1, custom_ops=None):
         del sess_options, providers   # accepted for onnxruntime compatibility; rzrt has one CPU provider
         self._custom = _session_table(custom_ops)
         with registry.session_kernels(self._custom):
@@ -61,6 +64,9 @@ class InferenceSession:
         self._records = {"nodes": [], "runs": []}
         self.threads = threads
         self._limit = _thread_limiter(threads)
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise InputError(f"processes must be a positive integer, got {processes!r}")
+        self.processes = processes
         self._lock = threading.RLock()
 
     def _load(self, path_or_bytes, level):
@@ -97,8 +103,11 @@ class InferenceSession:
         with self._lock:      # one arena per input signature: runs from several threads take turns
             ex = self._executor_for(feeds)
             parallel.set_threads(self.threads)
-            with self._limit():
+            if isinstance(ex, team.TeamExecutor):        # one BLAS thread per process while the team runs
                 results = ex.run(feeds)
+            else:
+                with self._limit():
+                    results = ex.run(feeds)
         return [results[n] for n in names]
 
     def profile(self) -> dict:
@@ -163,7 +172,8 @@ class InferenceSession:
         if not self.memory_plan_enabled:
             requests, shares, specs = [], {}, {}
         mplan = plan(requests, shares, dynamic)
-        arena = _aligned_bytes(mplan.arena_bytes) if requests else None
+        ranks = team.available(self.processes) if requests and not self.profiling else 1
+        arena = (team.shared_bytes if ranks > 1 else _aligned_bytes)(mplan.arena_bytes) if requests else None
         steps = []
         for s in run_steps:
             s = dataclasses.replace(s)
@@ -185,6 +195,8 @@ class InferenceSession:
         if self.profiling:
             from rzrt.profiler import ProfilingExecutor
             ex = ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
+        elif ranks > 1:
+            ex = team.TeamExecutor(steps, constants, g.output_names, arena, ranks, [v.name for v in g.inputs])
         else:
             ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes

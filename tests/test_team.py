@@ -1,0 +1,151 @@
+"""rzrt/team.py: convolutions shared among processes (InferenceSession(processes=2)).
+
+Two layers of checks. The kernels' parts: every convolution path, run once per rank into
+the same output (each rank with its own dirty scratch), must give what the whole call gives,
+in one process, so a wrong share shows up deterministically. Then the team itself: sessions
+with processes=2 against processes=1 on real models, and what happens when a worker fails,
+dies, or its session goes away.
+"""
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+import rzrt
+from rzrt import team
+from rzrt.errors import InputError, KernelError, RzrtError
+from rzrt.ops.conv import conv, conv_scratch
+from conftest import rel_err
+
+needs_team = pytest.mark.skipif(team.available(2) < 2, reason="a team needs fork, CPU affinity and 2 cores")
+
+
+def relu(t):
+    np.maximum(t, 0, out=t)
+
+
+CASES = {   # name: (X shape, W shape, conv attributes, with residual)
+    "1x1 many pixels (columns shared)": ((1, 16, 40, 40), (64, 16, 1, 1), {}, True),
+    "1x1 few pixels (channels shared)": ((1, 32, 7, 7), (96, 32, 1, 1), {}, True),
+    "1x1 bias in the GEMM": ((1, 8, 33, 33), (64, 8, 1, 1), {}, False),
+    "3x3 stride 2, im2col, channels shared": ((1, 8, 32, 32), (24, 8, 3, 3), dict(strides=(2, 2), pads=(1, 1, 1, 1)),
+                                              True),
+    "7x7 stride 2 stem, im2col, rows shared": ((1, 3, 70, 70), (16, 3, 7, 7), dict(strides=(2, 2), pads=(3, 3, 3, 3)),
+                                               False),
+    "3x3 Winograd, tile rows shared": ((1, 8, 40, 40), (16, 8, 3, 3), dict(pads=(1, 1, 1, 1)), True),
+    "3x3 small map, im2col instead of Winograd": ((1, 16, 7, 7), (16, 16, 3, 3), dict(pads=(1, 1, 1, 1)), True),
+    "depthwise, channels-last kernel": ((1, 24, 28, 28), (24, 1, 3, 3), dict(group=24, pads=(1, 1, 1, 1)), True),
+    "depthwise stride 2": ((1, 24, 29, 29), (24, 1, 3, 3), dict(group=24, strides=(2, 2), pads=(1, 1, 1, 1)), False),
+    "depthwise, large plane": ((1, 8, 120, 120), (8, 1, 3, 3), dict(group=8, pads=(1, 1, 1, 1)), True),
+    "grouped 3x3": ((1, 16, 20, 20), (32, 4, 3, 3), dict(group=4, pads=(1, 1, 1, 1)), True),
+    "batch of 3: images shared": ((3, 8, 20, 20), (16, 8, 3, 3), dict(pads=(1, 1, 1, 1)), True),
+    "1-D depthwise: rank 0 alone": ((1, 8, 50), (8, 1, 3), dict(group=8, pads=(1, 1)), True),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_rank_computes_its_share_and_together_the_whole(name):
+    xs, ws, attrs, residual = CASES[name]
+    rng = np.random.default_rng(0)
+    X, W = rng.standard_normal(xs, dtype=np.float32), rng.standard_normal(ws, dtype=np.float32)
+    B = rng.standard_normal(ws[0], dtype=np.float32)
+    geo = dict(group=1, kernel_shape=None, pads=None, strides=None, dilations=None, auto_pad="NOTSET") | attrs
+    shape = conv(X, W, B, None, None, **geo).shape
+    Z = rng.standard_normal(shape, dtype=np.float32) if residual else None
+    nbytes = conv_scratch((X.shape, X.dtype), (W.shape, W.dtype), (B.shape, B.dtype), **attrs)
+    want = conv(X, W, B, Z, relu, **geo, scratch=np.zeros(nbytes, np.uint8))
+    got = np.full(shape, np.nan, np.float32)
+    for rank in (1, 0):                                  # the worker first: it must not rely on rank 0
+        scratch = np.full(nbytes, 0x7F, np.uint8)        # each rank carves its own scratch, dirty
+        conv(X, W, B, Z, relu, **geo, out=got, scratch=scratch, part=(rank, 2))
+    assert np.isfinite(got).all(), "some outputs were computed by no rank"
+    assert rel_err(got, want) < 1e-5
+
+
+def test_a_rank_writes_only_its_share():
+    X = np.random.default_rng(1).standard_normal((1, 16, 40, 40), dtype=np.float32)
+    W = np.random.default_rng(2).standard_normal((32, 16, 3, 3), dtype=np.float32)
+    geo = dict(group=1, kernel_shape=None, pads=(1, 1, 1, 1), strides=None, dilations=None, auto_pad="NOTSET")
+    nbytes = conv_scratch((X.shape, X.dtype), (W.shape, W.dtype), **geo)
+    got = np.full((1, 32, 40, 40), np.nan, np.float32)
+    conv(X, W, None, None, None, **geo, out=got, scratch=np.zeros(nbytes, np.uint8), part=(1, 2))
+    written = np.isfinite(got)
+    assert 0 < written.mean() < 1                         # some, not all: rank 0 makes the rest
+
+
+@needs_team
+@pytest.mark.parametrize("batch", [1, 2])
+def test_resnet18_with_two_processes_matches_one(resnet18_path, batch):
+    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+    want = rzrt.InferenceSession(resnet18_path).run(None, {"input": x})[0]
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    for _ in range(3):                                    # the first run forks; later ones reuse the worker
+        got = sess.run(None, {"input": x})[0]
+        assert rel_err(got, want) < 1e-5
+    assert sess.run(None, {"input": x + 1})[0].shape == want.shape   # new input, same plan
+
+
+@needs_team
+@pytest.mark.parametrize("n", [1, 2])
+def test_mobilenet_blocks_channels_last_with_two_processes(n):
+    """The channels-last paths of rzrt/layout.py (stem, expansion writing the padded input,
+    depthwise, projection with residual, global pool) shared by two processes."""
+    from test_layout import chain, f32, stem_block
+    for m, x in ((chain(n=3, hw=28, strides=[1, 2, 1], pool=True), f32(n, 16, 28, 28)),
+                 (stem_block(hw=58), f32(n, 3, 58, 58))):
+        want = rzrt.InferenceSession(m).run(None, {"x": x})[0]
+        sess = rzrt.InferenceSession(m, processes=2)
+        assert sess.channels_last_nodes({"x": x.shape})
+        for _ in range(2):
+            assert rel_err(sess.run(None, {"x": x})[0], want) < 1e-5
+
+
+@needs_team
+def test_an_error_in_a_worker_is_raised_here(resnet18_path, monkeypatch):
+    from rzrt.ops import conv as conv_module
+    real = conv_module.conv
+
+    def failing(*args, **kw):
+        part = kw.get("part", args[18] if len(args) > 18 else None)
+        if part is not None and part[0] == 1:
+            raise ValueError("boom in rank 1")
+        return real(*args, **kw)
+    monkeypatch.setattr(conv_module, "conv", failing)     # before the fork: the worker has it too
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    with pytest.raises(KernelError, match=r"worker process 1: node '.*' .* failed: ValueError: boom in rank 1"):
+        sess.run(None, {"input": x})
+
+
+@needs_team
+def test_a_dead_worker_is_reported_and_a_gone_session_stops_its_worker(resnet18_path):
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    sess.run(None, {"input": x})
+    (pid, _), = sess._executor_for({"input": x}).workers
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    with pytest.raises(RzrtError, match="worker process"):
+        sess.run(None, {"input": x})
+
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    sess.run(None, {"input": x})
+    (pid, _), = sess._executor_for({"input": x}).workers
+    del sess
+    gc.collect()
+    with pytest.raises(ChildProcessError):               # reaped: the finalizer waited for it
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_processes_must_be_a_positive_integer(resnet18_path):
+    with pytest.raises(InputError, match="processes must be a positive integer, got 0"):
+        rzrt.InferenceSession(resnet18_path, processes=0)
+
+
+def test_one_process_where_a_team_cannot_run(monkeypatch):
+    monkeypatch.setattr(team.sys, "platform", "darwin")
+    assert team.available(4) == 1
+    assert team.available(1) == 1
