@@ -12,7 +12,8 @@ Without the pause (--settle 0) onnxruntime ran ResNet-50 at batch 1 in 55.9 ms r
 against 41.8 ms after a 0.2 s pause (same process, alternating, 15 runs each), and rzrt/onnxruntime
 came out 1.2 where it is 1.4-1.6. onnxruntime runs with spinning off and torch with
 OMP_WAIT_POLICY=PASSIVE for the same reason; "ort solo" is onnxruntime alone with its defaults
-(its threads spin between runs), its best case.
+(its threads spin between runs), its best case. "rzrt x2" is rzrt with processes=2 (rzrt/team.py:
+every convolution shared by two processes), where the machine allows it.
 Then peak memory (max RSS) of each runtime, each measured alone in a fresh process that
 loads the model and runs it a few times. Models are exported with random weights (seed 0);
 speed does not depend on the weights.
@@ -58,6 +59,7 @@ def runners(name: str, path: Path, threads: int | None):
     import rzrt
 
     sess = rzrt.InferenceSession(path, threads=threads)
+    team = rzrt.InferenceSession(path, threads=threads, processes=2) if rzrt.team.available(2) > 1 else None
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # don't steal the next runtime's cores
     if threads:
@@ -70,9 +72,12 @@ def runners(name: str, path: Path, threads: int | None):
     def run_torch(x):
         with torch.no_grad():
             return model(torch.from_numpy(x)).numpy()
-    return {"rzrt": lambda x: sess.run(None, {"input": x})[0],
-            "onnxruntime": lambda x: osess.run(None, {"input": x})[0],
-            "torch": run_torch}
+    fns = {"rzrt": lambda x: sess.run(None, {"input": x})[0],
+           "onnxruntime": lambda x: osess.run(None, {"input": x})[0],
+           "torch": run_torch}
+    if team is not None:                                # rzrt with its convolutions shared by 2 processes
+        fns["rzrt x2"] = lambda x: team.run(None, {"input": x})[0]
+    return fns
 
 
 def ort_solo(path: Path, x: np.ndarray, runs: int, warmup: int, threads) -> float:
@@ -119,16 +124,24 @@ from compare import runners
 from pathlib import Path
 x = np.random.default_rng(0).standard_normal(({batch}, 3, 224, 224)).astype(np.float32)
 """
-    if runtime == "rzrt":
-        code += f"import rzrt\ns = rzrt.InferenceSession({str(path)!r}, threads={threads})\nf = lambda x: s.run(None, {{'input': x}})\n"
+    if runtime in ("rzrt", "rzrt x2"):
+        procs = 2 if runtime == "rzrt x2" else 1
+        code += (f"import rzrt\ns = rzrt.InferenceSession({str(path)!r}, threads={threads}, processes={procs})\n"
+                 "f = lambda x: s.run(None, {'input': x})\n")
     elif runtime == "onnxruntime":
         code += f"import onnxruntime as ort\ns = ort.InferenceSession({str(path)!r})\nf = lambda x: s.run(None, {{'input': x}})\n"
     else:
         code += (f"import torch, export\nm, _ = export.build_model({name!r}, 'none')\n"
                  "f = lambda x: m(torch.from_numpy(x))\ntorch.set_grad_enabled(False)\n")
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec from the (large) parent process
-    code += ("for _ in range(5): f(x)\n"
-             "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)\n")
+    code += "for _ in range(5): f(x)\n"
+    if runtime == "rzrt x2":     # two processes sharing pages: their proportional set sizes add up to the whole
+        code += ("pids = [os.getpid()] + [p for e in s._runs.values() for p, _ in getattr(e, 'workers', [])]\n"
+                 "pss = lambda p: [int(l.split()[1]) for l in open(f'/proc/{p}/smaps_rollup') if l.startswith('Pss:')][0]\n"
+                 "print(sum(pss(p) for p in pids) / 1024)\n")
+        code = "import os\n" + code
+    else:
+        code += "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -155,8 +168,9 @@ def main(argv=None) -> int:
           f"{f', {args.settle} s pause after each run' if args.settle else ''}; threads: {args.threads or 'all'}; "
           f"load average {os.getloadavg()[0]:.2f} (a busy machine hurts the runtimes unevenly)")
     print("paired: the median over rounds of rzrt's time / onnxruntime's in the same round")
-    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'ort ms':>10}{'torch ms':>10}{'rzrt/ort':>10}{'paired':>8}"
-          f"{'ort solo':>10}" + ("" if args.no_rss else f"{'rzrt MB':>9}{'ort MB':>8}{'torch MB':>9}"))
+    print("rzrt x2: rzrt with processes=2 (rzrt/team.py), its memory the Pss of both processes after the runs")
+    print(f"{'model':<22}{'batch':>6}{'rzrt ms':>10}{'x2 ms':>8}{'ort ms':>9}{'torch ms':>10}{'rzrt/ort':>9}{'paired':>8}"
+          f"{'x2/ort':>8}{'ort solo':>10}" + ("" if args.no_rss else f"{'rzrt MB':>9}{'x2 MB':>7}{'ort MB':>8}{'torch MB':>9}"))
     results = []
     for name in args.models.split(","):
         flavour = CASES[name]
@@ -167,15 +181,18 @@ def main(argv=None) -> int:
             times: dict = {}
             ms = measure(fns, x, args.runs, args.warmup, times, args.settle)
             solo = ort_solo(path, x, args.runs, args.warmup, args.threads)
+            x2 = ms.get("rzrt x2", float("nan"))
             row = {"model": name + (" (BN kept)" if flavour == "keepbn" else ""), "batch": batch, **ms,
                    "ratio": ms["rzrt"] / ms["onnxruntime"], "paired": paired_ratio(times["rzrt"], times["onnxruntime"]),
-                   "ort_solo": solo}
-            line = (f"{row['model']:<22}{batch:>6}{ms['rzrt']:>10.1f}{ms['onnxruntime']:>10.1f}{ms['torch']:>10.1f}"
-                    f"{row['ratio']:>10.2f}{row['paired']:>8.2f}{solo:>10.1f}")
+                   "x2_ratio": x2 / ms["onnxruntime"], "ort_solo": solo}
+            line = (f"{row['model']:<22}{batch:>6}{ms['rzrt']:>10.1f}{x2:>8.1f}{ms['onnxruntime']:>9.1f}"
+                    f"{ms['torch']:>10.1f}{row['ratio']:>9.2f}{row['paired']:>8.2f}{row['x2_ratio']:>8.2f}{solo:>10.1f}")
             if not args.no_rss:
-                rss = {k: peak_rss(k, path, name, batch, args.threads) for k in ("rzrt", "onnxruntime", "torch")}
+                kinds = ("rzrt", "rzrt x2", "onnxruntime", "torch") if "rzrt x2" in ms else ("rzrt", "onnxruntime", "torch")
+                rss = {k: peak_rss(k, path, name, batch, args.threads) for k in kinds}
                 row["rss_mb"] = rss
-                line += f"{rss['rzrt']:>9.0f}{rss['onnxruntime']:>8.0f}{rss['torch']:>9.0f}"
+                line += (f"{rss['rzrt']:>9.0f}{rss.get('rzrt x2', float('nan')):>7.0f}{rss['onnxruntime']:>8.0f}"
+                         f"{rss['torch']:>9.0f}")
             print(line, flush=True)
             results.append(row)
     if args.json:

@@ -123,13 +123,15 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     return scratch_bytes(*pieces)
 
 
-TEAM_TILES = 32         # Winograd tiles per image below which a team (rzrt/team.py) uses im2col
-TEAM_PIXELS = 1024      # output pixels per image below which a team shares output channels, not pixels
+TEAM_TILES = 8          # Winograd tiles per image below which a team (rzrt/team.py) uses im2col
+TEAM_PIXELS = 1024      # output pixels per image below which a team shares an im2col GEMM's output channels
+                        # (each rank then builds the whole im2col matrix), not its rows
 
 
 def team_im2col(x_shape, osp, wm) -> bool:
     """One image with few Winograd tiles: split among processes, each would GEMM a tile or two;
-    im2col with the output channels shared does better (ResNet-50's 7x7 and 14x14 3x3s)."""
+    im2col with the output channels shared does better (ResNet-50's 7x7 3x3s: 2.2 -> 1.9 ms;
+    at 14x14, 16 tiles, sharing the tile rows won)."""
     return x_shape[0] == 1 and prod(-(-o // wm) for o in osp) < TEAM_TILES
 
 
@@ -466,7 +468,7 @@ def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False, 
         if ones:                                         # the input under a row of ones
             Wg, xe = weights_with_bias(W, B)[None], mem.take((ck + 1, L), Xp.dtype)
             xe[ck] = 1
-        if part is not None and group == 1 and L < TEAM_PIXELS:      # few pixels: share the channels
+        if part is not None and group == 1:      # share the output channels: whole rows of Y each
             lo, hi = share(m, part)
             for i in range(n):
                 x, y = Xp[i].reshape(ck, L), Y[i].reshape(1, m, L)
