@@ -195,19 +195,19 @@ class TeamExecutor(Executor):
             env[n] = buf
         self.ctl[PROGRESS] = self.gen * STEP          # the inputs are in place: step 0 may start
         mask = os.sched_getaffinity(0)
+        _blas(1)                           # before pinning: threads OpenBLAS starts inherit this thread's mask
         try:
             os.sched_setaffinity(0, {self.cpus[0]})
         except OSError:
             pass
-        _blas(1)
         try:
             self._steps(env, self.gen, None)
         except BaseException:
             self.ctl[ABORT] = self.gen     # the workers stop at their next barrier
             raise
         finally:
-            _blas(len(mask))
             os.sched_setaffinity(0, mask)
+            _blas(len(mask))
         return env
 
     def _steps(self, env: dict, gen: int, parent) -> None:

@@ -149,3 +149,18 @@ def test_one_process_where_a_team_cannot_run(monkeypatch):
     monkeypatch.setattr(team.sys, "platform", "darwin")
     assert team.available(4) == 1
     assert team.available(1) == 1
+
+
+@needs_team
+def test_a_team_run_leaves_no_thread_of_this_process_pinned(resnet18_path):
+    """The caller's thread is pinned to one core while rank 0 works; threads OpenBLAS starts then
+    would inherit that (they did: the next plain session ran its GEMMs on one core). Afterwards
+    every thread of the process may run on every core it could before."""
+    import glob
+    mask = os.sched_getaffinity(0)
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    plain, shared = rzrt.InferenceSession(resnet18_path), rzrt.InferenceSession(resnet18_path, processes=2)
+    for s in (plain, shared, plain, shared, plain):
+        s.run(None, {"input": x})
+    for task in glob.glob("/proc/self/task/*"):
+        assert os.sched_getaffinity(int(task.rsplit("/", 1)[1])) == mask
