@@ -108,10 +108,6 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
         pieces.append(((xs[0], ws[0]) + osp, size))
     elif wm:
         pieces += winograd.scratch_pieces(xs, ws, wm, size)
-        if team_im2col(xs, osp, wm):                   # (room for the im2col a team runs instead)
-            ck = xs[1] * prod(k)
-            need = scratch_bytes(pieces[0], ((ck + 1, band_rows(ck, osp, size) * prod(osp[1:])), size))
-            pieces.append(((max(0, need - scratch_bytes(*pieces)),), 1))
     elif not (all(x == 1 for x in k) and all(x == 1 for x in s)):
         ck, nb = xs[1] * prod(k), images_per_gemm(xs[0], xs[1] * prod(k), prod(osp), size, group)
         if nb > 1:
@@ -123,16 +119,8 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     return scratch_bytes(*pieces)
 
 
-TEAM_TILES = 8          # Winograd tiles per image below which a team (rzrt/team.py) uses im2col
-TEAM_PIXELS = 1024      # output pixels per image below which a team shares an im2col GEMM's output channels
-                        # (each rank then builds the whole im2col matrix), not its rows
-
-
-def team_im2col(x_shape, osp, wm) -> bool:
-    """One image with few Winograd tiles: split among processes, each would GEMM a tile or two;
-    im2col with the output channels shared does better (ResNet-50's 7x7 3x3s: 2.2 -> 1.9 ms;
-    at 14x14, 16 tiles, sharing the tile rows won)."""
-    return x_shape[0] == 1 and prod(-(-o // wm) for o in osp) < TEAM_TILES
+TEAM_PIXELS = 1024      # output pixels per image below which a team (rzrt/team.py) shares an im2col GEMM's
+                        # output channels (each rank then builds the whole im2col matrix), not its rows
 
 
 WIDE_PIXELS = 256       # output pixels per image below which images share one GEMM (batch > 1)
@@ -216,8 +204,6 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         return Y
     wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
                             X.dtype) if WINOGRAD else 0
-    if wm and part is not None and team_im2col(X.shape, osp, wm):
-        wm = 0                                     # too few tiles to share: im2col, output channels shared
     if wm:                                         # zeros below and right up to whole tiles
         pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(X.shape, wm)))
     if part is not None and _is_depthwise(c, m, group, W.shape):

@@ -149,9 +149,11 @@ class TeamExecutor(Executor):
         except OSError:
             pass
         _blas(1)
-        for s in self.steps:               # scratch is private: each rank carves its own
+        sizes = [s.scratch.size for s in self.steps if s.scratch is not None]
+        own = np.empty(max(sizes, default=0), np.uint8)     # scratch is private: one buffer, a step at a time
+        for s in self.steps:
             if s.scratch is not None:
-                s.scratch = np.empty_like(s.scratch)
+                s.scratch = own[:s.scratch.size]
         parent, served, ctl = os.getppid(), 0, self.ctl
         env0 = {**self.constants, **self.inputs, **self.planned}    # every value a split step reads
         while True:
