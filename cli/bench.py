@@ -19,10 +19,10 @@ LADDER = [
     ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1, winograd=False)),
     ("+ Winograd for 3x3 convolutions", dict(level=2, memory_plan=True, threads=1, winograd=True)),
     ("+ BLAS on all cores", dict(level=2, memory_plan=True, threads=None, winograd=True)),
-    ("+ non-BLAS work on threads too (off: slower)", dict(level=2, memory_plan=True, threads=None, winograd=True,
-                                                                split=True)),
-    ("instead: convolutions shared by 2 processes", dict(level=2, memory_plan=True, threads=None, winograd=True,
-                                                         processes=2)),
+    ("+ convolutions shared by 2 processes (opt-in)", dict(level=2, memory_plan=True, threads=None, winograd=True,
+                                                           processes=2)),
+    ("1 process, non-BLAS work on threads (off: slower)", dict(level=2, memory_plan=True, threads=None,
+                                                               winograd=True, split=True)),
 ]
 
 
