@@ -88,6 +88,7 @@ class TeamExecutor(Executor):
         self.workers = []                  # (pid, pipe to write)
         self.gen = 0
         self._finalizer = None
+        self.owner = os.getpid()            # the process whose arena and workers these are
         self._split_ids = {id(st) for st, sp in zip(self.steps, self.split) if sp}
         self.planned = {st.outputs[0]: st.out for st in self.steps if st.out is not None and len(st.outputs) == 1}
         self._part = None                  # (rank, ranks) for the split step running now
@@ -180,6 +181,9 @@ class TeamExecutor(Executor):
                 self.ctl[ERROR] = gen
 
     def execute(self, feeds: dict) -> dict:
+        if os.getpid() != self.owner:      # a fork of ours (multiprocessing): the arena is shared with us
+            raise RzrtError("this session (processes > 1) belongs to the process that created it; in a "
+                            "forked child, create a new session")
         if not self.workers:
             self._start(feeds)
         if any(_dead(pid) for pid, _ in self.workers):

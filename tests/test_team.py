@@ -164,3 +164,25 @@ def test_a_team_run_leaves_no_thread_of_this_process_pinned(resnet18_path):
         s.run(None, {"input": x})
     for task in glob.glob("/proc/self/task/*"):
         assert os.sched_getaffinity(int(task.rsplit("/", 1)[1])) == mask
+
+
+@needs_team
+def test_a_forked_child_cannot_run_its_parents_team_session(resnet18_path):
+    """Its arena is shared memory: a fork of the caller (multiprocessing) running it would write
+    into the parent's arena, and its workers' pipes lead to the parent's workers."""
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    sess.run(None, {"input": x})
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sess.run(None, {"input": x})
+            os.write(w, b"ran")
+        except RzrtError as e:
+            os.write(w, str(e).encode())
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert "in a forked child, create a new session" in os.read(r, 1000).decode()
+    assert sess.run(None, {"input": x})[0].shape == (1, 1000)
