@@ -104,6 +104,9 @@ class InferenceSession:
             ex = self._executor_for(feeds)
             parallel.set_threads(self.threads)
             if isinstance(ex, team.TeamExecutor):        # one BLAS thread per process while the team runs
+                for other in self._runs.values():       # workers for one input shape at a time, not one per shape
+                    if other is not ex and isinstance(other, team.TeamExecutor) and other.workers:
+                        other.close()
                 results = ex.run(feeds)
             else:
                 with self._limit():

@@ -274,8 +274,10 @@ class TeamExecutor(Executor):
                     os.sched_yield()                     # a long wait: stop hogging the core
 
     def close(self) -> None:
+        """Stop the workers; the next run starts new ones."""
         if self._finalizer is not None:
             self._finalizer()
+        self.workers, self._finalizer = [], None
 
 
 GRACE = 2e-3     # seconds a worker spins after a run before it sleeps: back-to-back runs find it awake

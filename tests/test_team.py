@@ -186,3 +186,17 @@ def test_a_forked_child_cannot_run_its_parents_team_session(resnet18_path):
     os.waitpid(pid, 0)
     assert "in a forked child, create a new session" in os.read(r, 1000).decode()
     assert sess.run(None, {"input": x})[0].shape == (1, 1000)
+
+
+@needs_team
+def test_one_input_shape_at_a_time_has_workers(resnet18_path):
+    """Each input shape has its own plan and arena, so its own workers; switching shapes stops
+    the previous shape's workers (a model fed many shapes must not leave a process per shape)."""
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    plans = {}
+    for n in (1, 2, 1, 3):
+        x = np.ones((n, 3, 224, 224), np.float32)
+        want = rzrt.InferenceSession(resnet18_path).run(None, {"input": x})[0]
+        assert rel_err(sess.run(None, {"input": x})[0], want) < 1e-5
+        plans[n] = sess._executor_for({"input": x})
+        assert [k for k, ex in plans.items() if ex.workers] == [n]
