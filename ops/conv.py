@@ -247,7 +247,7 @@ def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem, part=None):
     L = Y[0].size // m
     ones = nhwc_out and nhwc_bias_in_gemm(c, m, B is not None)
     if ones:
-        xt = mem.take((Y[0].size // m, c + 1), X.dtype)              # [X^T | 1], one image at a time
+        xt = mem.take((L, c + 1), X.dtype)                           # [X^T | 1], one image at a time
         xt[:, c] = 1
     for i in range(n):
         x = X[i].reshape(-1, c).T if nhwc_in else X[i].reshape(c, -1)        # (C, L)
@@ -263,11 +263,16 @@ def _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem, part=None):
                 Wt, rows = weights_transposed(W), x.T[lo:hi]
             _gemm_bands(rows, Wt, y, None if ones else B, z, act)
         else:
-            lo, hi = share(m, part)
             y = Y[i].reshape(1, m, -1)
+            Zb = Z if Z is None or Z.shape == Y.shape else np.broadcast_to(Z, Y.shape)
+            if part is None:
+                np.matmul(W2, x, out=y[0])
+                _finish(y, B, Zb, act, i, slice(None))
+                continue
+            lo, hi = share(m, part)                                  # a team: this rank's output channels
             np.matmul(W2[lo:hi], x, out=y[0, lo:hi])
-            zi = None if Z is None else np.broadcast_to(Z, Y.shape)[i].reshape(1, m, -1)[:, lo:hi]
-            _finish_part(y[:, lo:hi], None if B is None else B[lo:hi], zi, act)
+            _finish_part(y[:, lo:hi], None if B is None else B[lo:hi],
+                         None if Zb is None else Zb[i].reshape(1, m, -1)[:, lo:hi], act)
 
 
 def _pointwise_padded(X, W, B, act, Y, nhwc_in, pad_out, mem, part=None):
@@ -442,7 +447,8 @@ OUT_BYTES = 1 << 30    # a 1x1 convolution's output band (whole images: one big 
 def _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, nhwc_out=False, part=None):
     """Y = act(W @ im2col(Xp) + B + Z), band by band of output rows; nhwc_out (group 1, no residual):
     Y is (N, H, W, M), written by the transposed GEMM im2col^T @ [W; B]^T (rzrt/layout.py links a
-    stem to the depthwise it feeds so). part: this worker's output columns (1x1) or rows."""
+    stem to the depthwise it feeds so). part (rzrt/team.py): this worker's output channels (a 1x1
+    with one group, or an output under TEAM_PIXELS pixels), else its output rows."""
     n, c = Xp.shape[:2]
     m, ck, L = W.shape[0], W.shape[1] * prod(k), prod(osp)
     mg = m // group

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rzrt.ops import registry
+from rzrt.ops.parallel import share
 from rzrt.ops.window import prod
 
 STACK_BYTES = 1 << 20      # the tap stack of one channel block: 1 MB beat 256 KB, 512 KB and 4 MB here
@@ -143,7 +144,7 @@ def depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=None, part=N
     n, c = X.shape[:2]
     if channels_last(osp, Y.dtype.itemsize) and X.dtype == Y.dtype:
         return depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo=memo, part=part)
-    clo, chi = (0, c) if part is None else (c * part[0] // part[1], c * (part[0] + 1) // part[1])
+    clo, chi = share(c, part)
     acc_dtype = np.float32 if Y.dtype.itemsize < 4 else Y.dtype      # half precision adds up in float32
     lay = layout(X.shape, k, s, d, pb, pe, osp, np.dtype(acc_dtype).itemsize)
     taps = W.reshape(c, 1, prod(k)).astype(acc_dtype)
@@ -286,7 +287,7 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
         z.fill(0)
     wts = plan.wts if plan.taps_fixed else tiled_taps(W, k, osp[1], plan.cols, Y.dtype)
     tmp = plan.tmp
-    lo, hi = (0, osp[0]) if part is None else (osp[0] * part[0] // part[1], osp[0] * (part[0] + 1) // part[1])
+    lo, hi = share(osp[0], part)
     rows = slice(lo, hi)
     for i, (fills, views, y, (a, yi)) in enumerate(zip(plan.fills, plan.views, plan.ys, plan.epilogue)):
         for dst, src in fills:

@@ -35,6 +35,12 @@ def set_threads(n: int | None) -> None:
     _threads = max(1, n or os.cpu_count() or 1)
 
 
+def reset_after_fork() -> None:
+    """In a forked process: the pool's threads stayed with the parent, so start without one."""
+    global _pool
+    _pool = None
+
+
 def threads() -> int:
     return _threads
 

@@ -27,6 +27,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from rzrt.ops import registry
+from rzrt.ops.parallel import share
 
 F = {
     4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -166,7 +167,7 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None, part=None):
     buf_d = mem.take((max(a * a * c, m * a * k) * q_max,), Xp.dtype)
     buf_v = mem.take((max(a * a * c, m * m * k) * q_max,), Xp.dtype)
     prod_ = mem.take((a * a * q_max * k,), Xp.dtype)
-    lo, hi = (0, th) if part is None else (th * part[0] // part[1], th * (part[0] + 1) // part[1])
+    lo, hi = share(th, part)
     for i0, i1, t0, t1 in chunks(n, th, tw):
         t0, t1 = max(t0, lo), min(t1, hi)
         if t0 >= t1:

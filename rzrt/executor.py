@@ -127,8 +127,12 @@ class Executor:
             return value.copy()
         return value
 
+    def kernel_kwargs(self, step: Step) -> dict:
+        """The keyword arguments of step's kernel (attributes and context); subclasses may add."""
+        return step.kwargs
+
     def call_kernel(self, step: Step, args: list):
-        kwargs = step.kwargs
+        kwargs = self.kernel_kwargs(step)
         if step.out_spec is not None and step.kernel.takes_out:
             out = step.out if step.out is not None else np.empty(*step.out_spec)
             kwargs = dict(kwargs, out=out)

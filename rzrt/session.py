@@ -46,7 +46,8 @@ class InferenceSession:
     profile      time every node of every run; session.profile() returns the records
     threads      threads for BLAS (None: numpy's default, all cores)
     processes    run every convolution split across this many processes, one per core, sharing the
-                 arena (rzrt/team.py; Linux; 1: this process alone, the default)
+                 arena (rzrt/team.py; Linux; 1: this process alone, the default). Then BLAS runs
+                 one thread per process, whatever `threads` says, and profile=True runs alone
     custom_ops   kernels for this session only (functions decorated with @rzrt.custom_op or
                  @rzrt.register_op); they win over the global registry here and nowhere else
     """
@@ -176,7 +177,7 @@ class InferenceSession:
             requests, shares, specs = [], {}, {}
         mplan = plan(requests, shares, dynamic)
         ranks = team.available(self.processes) if requests and not self.profiling else 1
-        arena = (team.shared_bytes if ranks > 1 else _aligned_bytes)(mplan.arena_bytes) if requests else None
+        arena = team.aligned_bytes(mplan.arena_bytes, shared=ranks > 1) if requests else None
         steps = []
         for s in run_steps:
             s = dataclasses.replace(s)
@@ -359,12 +360,6 @@ def memory_requests(steps, shapes: dict, graph: Graph):
 def _nbytes(info) -> int:
     shape, dtype = info
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-
-
-def _aligned_bytes(n: int) -> np.ndarray:
-    raw = np.empty(n + 64, dtype=np.uint8)
-    start = (-raw.ctypes.data) % 64
-    return raw[start:start + n]
 
 
 def _view(arena, offset, shape, dtype):

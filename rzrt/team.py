@@ -15,17 +15,23 @@ After the plan is built, the session forks one worker per extra core; the arena 
 memory (an anonymous shared mmap, allocated before the fork), so a kernel's output written by
 rank 1 is where rank 0's next step reads it. Each kernel that takes `_part=(rank, ranks)`
 (Conv, FusedConv) computes only its share: its images when there are several, else its output
-rows, columns or channels (ops/conv.py). Every other step runs on rank 0 alone. The ranks meet
-after every split step at a barrier: each bumps its counter in a shared array and spins until
-the others have caught up (no system call, no GIL: a few microseconds). BLAS runs one thread
-per process while the team works. Between runs the workers spin a millisecond, then sleep on a
-pipe; a sleeping worker takes 0.3-0.5 ms to wake here, so rank 0 does not wait for it: it runs
-the split steps whole until the workers say they are ready, then names the step where they
-join (JOIN), and from there on every split step is shared.
+rows or channels (ops/conv.py). Every other step runs on rank 0 alone. The ranks meet after
+every split step at a barrier: each bumps its counter in a shared array and spins until the
+others have caught up (no system call, no GIL: a few microseconds). BLAS runs one thread per
+process while the team works. Between runs a worker spins GRACE (2 ms), then sleeps on a pipe;
+a sleeping worker takes 0.3-0.5 ms to wake here, so rank 0 waits for it at most WAKE (1 ms) at
+the first split step, runs the split steps whole until the workers say they are ready, then
+names the step where they join (JOIN); from there on every split step is shared.
+
+A run is a generation (GEN); every counter a rank waits on carries it, and a worker drops a run
+as soon as GEN moves on or rank 0 aborts it (ABORT). A failed run is only over for rank 0 once
+every worker has said it left it (DONE): no worker may still write into the arena then.
 
 Only a step whose every input the workers can see is split: constants (the fork copied them),
 the graph inputs (copied into shared memory each run) and outputs planned in the arena.
 Linux only (fork, CPU affinity); elsewhere, or with one core, the session runs as one process.
+Every team pins its ranks to the first cores the process may use: two processes each with a
+team share those cores.
 """
 from __future__ import annotations
 
@@ -42,9 +48,13 @@ from rzrt.errors import KernelError, RzrtError
 from rzrt.executor import Executor
 
 GEN, ERROR, ABORT, JOIN = 0, 8, 16, 24        # int64 slots of the control block, a cache line apart
-READY, SLEEP, PROGRESS = 32, 40, 48           # per rank r: slot + 24 * r
+READY, SLEEP, PROGRESS, DONE = 32, 40, 48, 56  # per rank r: slot + 32 * r
+PER_RANK = 32
 STEP = 1 << 20                                 # progress = generation * STEP + steps done
 MESSAGE = 4096                                 # bytes for a worker's error message
+GRACE = 2e-3     # seconds a worker spins after a run before it sleeps: back-to-back runs find it awake
+WAKE = 1e-3      # seconds rank 0 waits for a waking worker at the first split step
+LEAVE = 5.0      # seconds rank 0 waits, after a failed run, for the workers to leave it
 
 
 def available(ranks: int) -> int:
@@ -54,20 +64,23 @@ def available(ranks: int) -> int:
     return max(1, min(ranks, len(os.sched_getaffinity(0))))
 
 
-def shared_bytes(n: int) -> np.ndarray:
-    """n bytes of memory that forked processes share (MAP_SHARED | MAP_ANONYMOUS), 64-byte aligned."""
-    raw = np.frombuffer(mmap.mmap(-1, max(n, 1) + 64), np.uint8)
+def aligned_bytes(n: int, shared: bool = False) -> np.ndarray:
+    """n bytes, 64-byte aligned; shared: memory that forked processes share (MAP_SHARED | MAP_ANONYMOUS)."""
+    raw = np.frombuffer(mmap.mmap(-1, n + 64), np.uint8) if shared else np.empty(n + 64, np.uint8)
     start = (-raw.ctypes.data) % 64
     return raw[start:start + n]
 
 
-def _blas(n: int) -> None:
+def _blas(n) -> list:
+    """Set numpy's BLAS libraries to n threads (an int, or one per library); return what they had."""
     from threadpoolctl import ThreadpoolController
     global _BLAS
     if "_BLAS" not in globals():
         _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
-    for c in _BLAS:
-        c.set_num_threads(n)
+    before = [c.num_threads for c in _BLAS]
+    for c, k in zip(_BLAS, n if isinstance(n, list) else [n] * len(_BLAS)):
+        c.set_num_threads(k)
+    return before
 
 
 class TeamExecutor(Executor):
@@ -78,19 +91,19 @@ class TeamExecutor(Executor):
         self.ranks = ranks
         self.rank = 0
         self.cpus = sorted(os.sched_getaffinity(0))[:ranks]
-        self.ctl = shared_bytes(8 * (PROGRESS + 24 * ranks)).view(np.int64)
+        self.ctl = aligned_bytes(8 * (PROGRESS + PER_RANK * ranks), shared=True).view(np.int64)
         self.ctl[:] = 0
-        self.message = shared_bytes(MESSAGE)
+        self.message = aligned_bytes(MESSAGE, shared=True)
         self.inputs = {}                   # graph input -> its shared copy, made at the first run
         self.input_names = list(input_names)
         self.split = self._splittable()
         self.last_split = max((i for i, s in enumerate(self.split) if s), default=-1)
+        self.planned = {s.outputs[0]: s.out for s in self.steps if s.out is not None and len(s.outputs) == 1}
         self.workers = []                  # (pid, pipe to write)
         self.gen = 0
+        self.owner = os.getpid()           # the process whose arena and workers these are
         self._finalizer = None
-        self.owner = os.getpid()            # the process whose arena and workers these are
-        self._split_ids = {id(st) for st, sp in zip(self.steps, self.split) if sp}
-        self.planned = {st.outputs[0]: st.out for st in self.steps if st.out is not None and len(st.outputs) == 1}
+        self._split_ids = {id(s) for s, split in zip(self.steps, self.split) if split}
         self._part = None                  # (rank, ranks) for the split step running now
 
     def _splittable(self) -> list:
@@ -113,17 +126,17 @@ class TeamExecutor(Executor):
                 results[n] = v.copy()
         return results
 
-    def call_kernel(self, step, args: list):
-        if id(step) in self._split_ids:
-            step.kwargs["_part"] = self._part
-        return super().call_kernel(step, args)
+    def kernel_kwargs(self, step) -> dict:
+        if id(step) in self._split_ids:          # (a copy: the step's own kwargs serve every plan)
+            return dict(step.kwargs, _part=self._part)
+        return step.kwargs
 
     # --- the team ----------------------------------------------------------------------
     def _start(self, feeds: dict) -> None:
         for n in self.input_names:
             a = feeds.get(n)
-            if isinstance(a, np.ndarray):
-                self.inputs[n] = shared_bytes(a.nbytes).view(a.dtype).reshape(a.shape)
+            if isinstance(a, np.ndarray) and n not in self.inputs:
+                self.inputs[n] = aligned_bytes(a.nbytes, shared=True).view(a.dtype).reshape(a.shape)
         sys.stdout.flush()
         sys.stderr.flush()
         for rank in range(1, self.ranks):
@@ -140,11 +153,13 @@ class TeamExecutor(Executor):
                     os._exit(code)
             os.close(r)
             self.workers.append((pid, w))
-        self._finalizer = weakref.finalize(self, _stop, list(self.workers))
+        self._finalizer = weakref.finalize(self, _stop, list(self.workers), self.ctl, self.owner)
 
     def _serve(self, rank: int, pipe: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is the caller's: it stops us by closing the pipe
         self.rank, self.workers, self._finalizer = rank, [], None
+        from rzrt.ops import parallel
+        parallel.reset_after_fork()                      # the caller's thread pool did not come along
         try:
             os.sched_setaffinity(0, {self.cpus[rank]})
         except OSError:
@@ -155,30 +170,31 @@ class TeamExecutor(Executor):
         for s in self.steps:
             if s.scratch is not None:
                 s.scratch = own[:s.scratch.size]
-        parent, served, ctl = os.getppid(), 0, self.ctl
+        parent, ctl = os.getppid(), self.ctl
+        served = self.gen                                # the runs before the fork are not ours
         env0 = {**self.constants, **self.inputs, **self.planned}    # every value a split step reads
         while True:
             gen = _spin_for_run(ctl, served, GRACE)
             if gen == served:                            # nothing for a while: sleep until woken
-                ctl[SLEEP + 24 * rank] = 1
+                ctl[SLEEP + PER_RANK * rank] = 1
                 gen = int(ctl[GEN])
                 if gen == served:
                     if os.read(pipe, 1) != b"r":
                         return
                     gen = int(ctl[GEN])
-                ctl[SLEEP + 24 * rank] = 0
+                ctl[SLEEP + PER_RANK * rank] = 0
                 if gen == served:                        # a second wake for a run already served
                     continue
             served = gen
-            env = dict(env0)
             try:
-                self._steps(env, gen, parent)
+                self._steps(dict(env0), gen, parent)
             except _Aborted:
-                continue
+                pass
             except BaseException as e:     # noqa: BLE001 - reported to rank 0, which raises it
                 text = (str(e) if isinstance(e, RzrtError) else f"{type(e).__name__}: {e}").encode()[:MESSAGE - 1]
                 self.message[:len(text) + 1] = np.frombuffer(text + b"\0", np.uint8)
-                self.ctl[ERROR] = gen
+                ctl[ERROR] = gen
+            ctl[DONE + PER_RANK * rank] = gen            # this worker writes nothing more for run `gen`
 
     def execute(self, feeds: dict) -> dict:
         if os.getpid() != self.owner:      # a fork of ours (multiprocessing): the arena is shared with us
@@ -189,38 +205,51 @@ class TeamExecutor(Executor):
         if any(_dead(pid) for pid, _ in self.workers):
             raise RzrtError("a worker process of this session has died; create the session again "
                             "(or use processes=1)")
-        self.gen += 1                      # wake the workers first: they take a while
-        self.ctl[GEN] = self.gen
-        for r, (_, w) in enumerate(self.workers, 1):
-            if self.ctl[SLEEP + 24 * r]:
-                os.write(w, b"r")
-        env = dict(self.constants)
-        env.update(feeds)
-        for n, buf in self.inputs.items():
-            np.copyto(buf, feeds[n])
-            env[n] = buf
-        self.ctl[PROGRESS] = self.gen * STEP          # the inputs are in place: step 0 may start
-        mask = os.sched_getaffinity(0)
-        _blas(1)                           # before pinning: threads OpenBLAS starts inherit this thread's mask
+        mask, threads = os.sched_getaffinity(0), _blas(1)   # BLAS first: threads it starts inherit our mask
+        self.gen += 1
+        gen, ctl = self.gen, self.ctl
         try:
-            os.sched_setaffinity(0, {self.cpus[0]})
-        except OSError:
-            pass
-        try:
-            self._steps(env, self.gen, None)
+            ctl[GEN] = gen                 # wake the workers first: they take a while
+            for r, (_, w) in enumerate(self.workers, 1):
+                if ctl[SLEEP + PER_RANK * r]:
+                    os.write(w, b"r")
+            env = dict(self.constants)
+            env.update(feeds)
+            for n, buf in self.inputs.items():
+                np.copyto(buf, feeds[n])
+                env[n] = buf
+            ctl[PROGRESS] = gen * STEP     # the inputs are in place: step 0 may start
+            try:
+                os.sched_setaffinity(0, {self.cpus[0]})
+            except OSError:
+                pass
+            self._steps(env, gen, None)
         except BaseException:
-            self.ctl[ABORT] = self.gen     # the workers stop at their next barrier
+            ctl[ABORT] = gen               # the workers drop the run at their next check ...
+            self._leave(gen)               # ... and rank 0 returns only once they have
             raise
         finally:
             os.sched_setaffinity(0, mask)
-            _blas(len(mask))
+            _blas(threads)
         return env
+
+    def _leave(self, gen: int) -> None:
+        """After a failed run: wait until every worker inside run `gen` has left it (DONE), so none
+        writes into the arena after we return; a worker that does not within LEAVE seconds is
+        stopped. A worker not yet inside (READY) meets ABORT at its first check, and no JOIN comes."""
+        end = time.perf_counter() + LEAVE
+        for r, (pid, _) in enumerate(self.workers, 1):
+            while self.ctl[READY + PER_RANK * r] == gen and self.ctl[DONE + PER_RANK * r] < gen and not _dead(pid):
+                if time.perf_counter() > end:
+                    self.close()
+                    return
+                time.sleep(1e-4)
 
     def _steps(self, env: dict, gen: int, parent) -> None:
         rank, base, ctl = self.rank, gen * STEP, self.ctl
         start, joined, waited = 0, False, False
         if rank:                                         # say so, then learn where to join
-            ctl[READY + 24 * rank] = gen
+            ctl[READY + PER_RANK * rank] = gen
             self._wait_slot(JOIN, base, gen, parent)
             start = int(ctl[JOIN]) - base
         for i in range(start, len(self.steps)):
@@ -230,7 +259,7 @@ class TeamExecutor(Executor):
             if split and not rank and not joined:        # the workers are awake: they join here
                 if not waited:                           # the first split step: give them a moment
                     waited = self._wait_ready(gen)
-                joined = all(ctl[READY + 24 * r] == gen for r in range(1, self.ranks))
+                joined = all(ctl[READY + PER_RANK * r] == gen for r in range(1, self.ranks))
                 if joined:
                     ctl[JOIN] = base + i
             if split and rank:                           # rank 0 has made every input of step i
@@ -238,34 +267,39 @@ class TeamExecutor(Executor):
             if split or not rank:
                 self._part = (rank, self.ranks) if split and (rank or joined) else (0, 1)
                 self.run_step(step, env)
-            ctl[PROGRESS + 24 * rank] = base + i + 1
+            ctl[PROGRESS + PER_RANK * rank] = base + i + 1
             if split and joined:                         # every rank's part is in the arena
                 for r in range(1, self.ranks):
                     self._wait(r, base + i + 1, gen, parent)
         if not rank and not joined:                      # the workers woke too late: nothing for them
             ctl[JOIN] = base + len(self.steps)
 
-    def _wait_ready(self, gen: int) -> bool:
+    def _wait_ready(self, gen: int) -> int:
         """Spin up to WAKE seconds for the workers to be ready: a sleeping worker wakes in 0.3-0.5 ms
         here, and the step it helps with is usually longer than that."""
         end = time.perf_counter() + WAKE
-        while any(self.ctl[READY + 24 * r] != gen for r in range(1, self.ranks)) and time.perf_counter() < end:
+        while any(self.ctl[READY + PER_RANK * r] != gen for r in range(1, self.ranks)) and time.perf_counter() < end:
             pass
         return True
 
     def _wait(self, rank: int, target: int, gen: int, parent) -> None:
-        self._wait_slot(PROGRESS + 24 * rank, target, gen, parent, rank)
+        self._wait_slot(PROGRESS + PER_RANK * rank, target, gen, parent, rank)
 
     def _wait_slot(self, slot: int, target: int, gen: int, parent, rank: int = 0) -> None:
+        """Spin until ctl[slot] reaches target. A worker (parent set) drops the run when it is
+        aborted or a newer one has begun, checked before every step it starts; rank 0 raises a
+        worker's error, and notices a worker that died."""
         ctl, spins = self.ctl, 0
+        if parent is not None and (ctl[ABORT] == gen or ctl[GEN] != gen):
+            raise _Aborted()
         while ctl[slot] < target:
             spins += 1
+            if parent is not None and (ctl[ABORT] == gen or ctl[GEN] != gen):
+                raise _Aborted()
             if spins & 0x3FFF == 0:
                 if ctl[ERROR] == gen:
                     text = bytes(self.message).split(b"\0", 1)[0].decode(errors="replace")
                     raise KernelError(f"worker process {rank}: {text}")
-                if ctl[ABORT] == gen:
-                    raise _Aborted()
                 if parent is not None and os.getppid() != parent:
                     os._exit(0)                          # the caller is gone
                 if parent is None and any(_dead(pid) for pid, _ in self.workers):
@@ -278,10 +312,6 @@ class TeamExecutor(Executor):
         if self._finalizer is not None:
             self._finalizer()
         self.workers, self._finalizer = [], None
-
-
-GRACE = 2e-3     # seconds a worker spins after a run before it sleeps: back-to-back runs find it awake
-WAKE = 1e-3      # seconds rank 0 waits for a waking worker at the first split step
 
 
 def _spin_for_run(ctl, served: int, seconds: float) -> int:
@@ -300,18 +330,26 @@ def _dead(pid: int) -> bool:
 
 
 class _Aborted(Exception):
-    """Rank 0 failed during this run: the workers drop it and wait for the next."""
+    """This run was aborted by rank 0, or a newer one has begun: the worker drops it."""
 
 
-def _stop(workers) -> None:
-    for pid, w in workers:
+def _stop(workers, ctl, owner: int) -> None:
+    """Stop the workers (only from the process that started them: a fork of it exiting must not)."""
+    if os.getpid() != owner:
+        return
+    ctl[ABORT] = ctl[GEN]                  # a worker inside a run leaves it
+    for _, w in workers:
         try:
             os.write(w, b"q")
-            os.close(w)
         except OSError:
             pass
+        finally:
+            os.close(w)
+    end = time.perf_counter() + 2.0
     for pid, _ in workers:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        while not _dead(pid):
+            if time.perf_counter() > end:              # stuck: it holds nothing we need
+                os.kill(pid, signal.SIGKILL)
+                _dead(pid)
+                break
+            time.sleep(1e-3)

@@ -57,35 +57,32 @@ def test_every_rank_computes_its_share_and_together_the_whole(name):
     Z = rng.standard_normal(shape, dtype=np.float32) if residual else None
     nbytes = conv_scratch((X.shape, X.dtype), (W.shape, W.dtype), (B.shape, B.dtype), **attrs)
     want = conv(X, W, B, Z, relu, **geo, scratch=np.zeros(nbytes, np.uint8))
-    got = np.full(shape, np.nan, np.float32)
-    for rank in (1, 0):                                  # the worker first: it must not rely on rank 0
-        scratch = np.full(nbytes, 0x7F, np.uint8)        # each rank carves its own scratch, dirty
-        conv(X, W, B, Z, relu, **geo, out=got, scratch=scratch, part=(rank, 2))
-    assert np.isfinite(got).all(), "some outputs were computed by no rank"
-    assert rel_err(got, want) < 1e-5
-
-
-def test_a_rank_writes_only_its_share():
-    X = np.random.default_rng(1).standard_normal((1, 16, 40, 40), dtype=np.float32)
-    W = np.random.default_rng(2).standard_normal((32, 16, 3, 3), dtype=np.float32)
-    geo = dict(group=1, kernel_shape=None, pads=(1, 1, 1, 1), strides=None, dilations=None, auto_pad="NOTSET")
-    nbytes = conv_scratch((X.shape, X.dtype), (W.shape, W.dtype), **geo)
-    got = np.full((1, 32, 40, 40), np.nan, np.float32)
-    conv(X, W, None, None, None, **geo, out=got, scratch=np.zeros(nbytes, np.uint8), part=(1, 2))
-    written = np.isfinite(got)
-    assert 0 < written.mean() < 1                         # some, not all: rank 0 makes the rest
+    written = []
+    for rank in (0, 1):                                  # what each rank writes, alone
+        alone = np.full(shape, np.nan, np.float32)
+        conv(X, W, B, Z, relu, **geo, out=alone, scratch=np.full(nbytes, 0x7F, np.uint8), part=(rank, 2))
+        written.append(np.isfinite(alone))
+    assert not (written[0] & written[1]).any(), "both ranks wrote the same outputs"
+    assert (written[0] | written[1]).all(), "some outputs were computed by no rank"
+    for order in ((1, 0), (0, 1)):                       # together, in either order, the whole
+        got = np.full(shape, np.nan, np.float32)
+        for rank in order:
+            scratch = np.full(nbytes, 0x7F, np.uint8)    # each rank carves its own scratch, dirty
+            conv(X, W, B, Z, relu, **geo, out=got, scratch=scratch, part=(rank, 2))
+        assert rel_err(got, want) < 1e-5
 
 
 @needs_team
 @pytest.mark.parametrize("batch", [1, 2])
 def test_resnet18_with_two_processes_matches_one(resnet18_path, batch):
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-    want = rzrt.InferenceSession(resnet18_path).run(None, {"input": x})[0]
-    sess = rzrt.InferenceSession(resnet18_path, processes=2)
-    for _ in range(3):                                    # the first run forks; later ones reuse the worker
-        got = sess.run(None, {"input": x})[0]
-        assert rel_err(got, want) < 1e-5
-    assert sess.run(None, {"input": x + 1})[0].shape == want.shape   # new input, same plan
+    one, sess = rzrt.InferenceSession(resnet18_path), rzrt.InferenceSession(resnet18_path, processes=2)
+    rng, joined = np.random.default_rng(0), 0
+    for _ in range(4):                 # the first run forks; later ones reuse the worker; new data each run
+        x = rng.standard_normal((batch, 3, 224, 224), dtype=np.float32)
+        assert rel_err(sess.run(None, {"input": x})[0], one.run(None, {"input": x})[0]) < 1e-5
+        ex = sess._executor_for({"input": x})
+        joined += int(ex.ctl[team.JOIN]) - ex.gen * team.STEP < len(ex.steps)
+    assert joined, "the worker never took part"
 
 
 @needs_team
@@ -192,11 +189,61 @@ def test_a_forked_child_cannot_run_its_parents_team_session(resnet18_path):
 def test_one_input_shape_at_a_time_has_workers(resnet18_path):
     """Each input shape has its own plan and arena, so its own workers; switching shapes stops
     the previous shape's workers (a model fed many shapes must not leave a process per shape)."""
-    sess = rzrt.InferenceSession(resnet18_path, processes=2)
-    plans = {}
-    for n in (1, 2, 1, 3):
-        x = np.ones((n, 3, 224, 224), np.float32)
-        want = rzrt.InferenceSession(resnet18_path).run(None, {"input": x})[0]
+    sess, one = rzrt.InferenceSession(resnet18_path, processes=2), rzrt.InferenceSession(resnet18_path)
+    plans, rng = {}, np.random.default_rng(0)
+    for n in (1, 2, 1, 3, 1):
+        x = rng.standard_normal((n, 3, 224, 224), dtype=np.float32)
+        want = one.run(None, {"input": x})[0]
         assert rel_err(sess.run(None, {"input": x})[0], want) < 1e-5
         plans[n] = sess._executor_for({"input": x})
         assert [k for k, ex in plans.items() if ex.workers] == [n]
+
+
+@needs_team
+def test_after_a_failed_run_the_next_one_is_right(resnet18_path, monkeypatch):
+    """Rank 0 fails mid-run (here: at its 10th step) and the caller runs again at once with new
+    data: no worker may still be writing the failed run's shares into the arena."""
+    one, sess = rzrt.InferenceSession(resnet18_path), rzrt.InferenceSession(resnet18_path, processes=2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
+    sess.run(None, {"input": x})                         # forks the worker (before the patch below)
+    steps = sess._executor_for({"input": x}).steps
+    real = team.TeamExecutor.run_step
+
+    def failing(self, step, env):
+        if self.rank == 0 and step is steps[10]:
+            raise RuntimeError("rank 0 fails")
+        return real(self, step, env)
+    for _ in range(5):
+        monkeypatch.setattr(team.TeamExecutor, "run_step", failing)
+        with pytest.raises(RuntimeError, match="rank 0 fails"):
+            sess.run(None, {"input": rng.standard_normal((1, 3, 224, 224), dtype=np.float32)})
+        monkeypatch.setattr(team.TeamExecutor, "run_step", real)
+        x = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
+        assert rel_err(sess.run(None, {"input": x})[0], one.run(None, {"input": x})[0]) < 1e-5
+
+
+@needs_team
+def test_a_team_with_the_thread_pool_on(resnet18_path, monkeypatch):
+    """The worker is forked from a process whose thread pool (ops/parallel.py) has threads; the
+    fork has none, so it must start its own (it waited forever on the parent's before)."""
+    from rzrt.ops import parallel
+    monkeypatch.setattr(parallel, "SPLIT", True)
+    parallel.split(lambda lo, hi: None, 4)               # the pool exists, with its threads
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    want = rzrt.InferenceSession(resnet18_path).run(None, {"input": x})[0]
+    assert rel_err(rzrt.InferenceSession(resnet18_path, processes=2).run(None, {"input": x})[0], want) < 1e-5
+
+
+@needs_team
+def test_a_forked_child_exiting_leaves_its_parents_workers_alone(resnet18_path):
+    x = np.zeros((1, 3, 224, 224), np.float32)
+    sess = rzrt.InferenceSession(resnet18_path, processes=2)
+    sess.run(None, {"input": x})
+    pid = os.fork()
+    if pid == 0:
+        import atexit
+        atexit._run_exitfuncs()                           # what a normal exit runs: finalizers among them
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert sess.run(None, {"input": x})[0].shape == (1, 1000)
