@@ -55,6 +55,7 @@ MESSAGE = 4096                                 # bytes for a worker's error mess
 GRACE = 2e-3     # seconds a worker spins after a run before it sleeps: back-to-back runs find it awake
 WAKE = 1e-3      # seconds rank 0 waits for a waking worker at the first split step
 LEAVE = 5.0      # seconds rank 0 waits, after a failed run, for the workers to leave it
+_PIPES: set = set()  # write ends of every team's pipes in this process: a new worker closes its copies
 
 
 def available(ranks: int) -> int:
@@ -145,13 +146,15 @@ class TeamExecutor(Executor):
             if pid == 0:                   # the worker: serve runs until the pipe says stop or closes
                 code = 0
                 try:
-                    os.close(w)
+                    for fd in _PIPES | {w}:    # others' pipes: their workers must see EOF when we die
+                        os.close(fd)
                     self._serve(rank, r)
                 except BaseException:      # noqa: BLE001 - a worker must never return into the caller's code
                     code = 1
                 finally:
                     os._exit(code)
             os.close(r)
+            _PIPES.add(w)
             self.workers.append((pid, w))
         self._finalizer = weakref.finalize(self, _stop, list(self.workers), self.ctl, self.owner)
 
@@ -344,6 +347,7 @@ def _stop(workers, ctl, owner: int) -> None:
         except OSError:
             pass
         finally:
+            _PIPES.discard(w)
             os.close(w)
     end = time.perf_counter() + 2.0
     for pid, _ in workers:
