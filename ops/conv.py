@@ -152,9 +152,9 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     across runs (the session's `_memo`), where a kernel may keep what it derives from the shapes
     and buffers. pad_out / padded_in: a 1x1 expansion writes the padded, column-phased image its
     depthwise reads (see _pointwise_padded). part = (rank, ranks): compute only this worker's share
-    of Y (rzrt/team.py): its images when there are several, else its output rows, columns or
-    channels, whichever the path splits without repeating work; a path that cannot split runs
-    whole on rank 0."""
+    of Y (rzrt/team.py): its images when there are several, else its output rows or channels,
+    whichever the path splits best; a path that cannot split (1-D and 3-D depthwise) runs whole
+    on rank 0."""
     if padded_in:                                    # (N, Hp, s, width, C) holding an (H, W) image
         xshape = (X.shape[0], X.shape[-1]) + tuple(padded_in)
     else:                                            # the logical NCHW shape
