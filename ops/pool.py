@@ -17,6 +17,7 @@ import functools
 
 import numpy as np
 
+from rzrt.ops.parallel import share
 from rzrt.ops.registry import kernel
 from rzrt.ops.window import Carver, geometry, offsets, pad, prod, scratch_bytes
 
@@ -76,7 +77,18 @@ def tap_outputs(j, s, d, pb, n_in, n_out) -> range:
 
 @kernel("MaxPool", since=1, shape=_pool_shape, scratch=_maxpool_scratch)
 def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
-            storage_order=0, strides=None, out=None, scratch=None, _outputs=1):
+            storage_order=0, strides=None, out=None, scratch=None, _outputs=1, _part=None):
+    if _part is not None and _outputs == 1:  # rzrt/team.py: this process's images, or with one, its channels
+        Y = out if out is not None else np.empty(_pool_shape((X.shape, X.dtype), auto_pad=auto_pad,
+                                                             ceil_mode=ceil_mode, dilations=dilations,
+                                                             kernel_shape=kernel_shape, pads=pads,
+                                                             strides=strides)[0], X.dtype)
+        lo, hi = share(X.shape[0] if X.shape[0] > 1 else X.shape[1], _part)
+        cut = (slice(lo, hi),) if X.shape[0] > 1 else (slice(None), slice(lo, hi))
+        if lo < hi:                          # (both cuts leave X and Y contiguous, as the passes want)
+            MaxPool(X[cut], auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations, kernel_shape=kernel_shape,
+                    pads=pads, storage_order=storage_order, strides=strides, out=Y[cut], scratch=scratch)
+        return Y
     if _outputs > 1:     # the optional Indices output: see conv_transpose.maxpool_with_indices
         from rzrt.ops.conv_transpose import maxpool_with_indices
         return maxpool_with_indices(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,

@@ -72,6 +72,26 @@ def test_every_rank_computes_its_share_and_together_the_whole(name):
         assert rel_err(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("n,strides", [(1, (2, 2)), (1, (1, 1)), (2, (2, 2)), (3, (1, 1))])
+def test_maxpool_shares_images_or_channels(n, strides):
+    from rzrt.ops.pool import MaxPool, _maxpool_scratch
+    X = np.random.default_rng(0).standard_normal((n, 6, 15, 15), dtype=np.float32)
+    attrs = dict(kernel_shape=(3, 3), strides=strides, pads=(1, 1, 1, 1))
+    nbytes = _maxpool_scratch((X.shape, X.dtype), **attrs)
+    want = MaxPool(X, **attrs, scratch=np.zeros(nbytes, np.uint8))
+    written = []
+    for rank in (0, 1):
+        alone = np.full(want.shape, np.nan, np.float32)
+        MaxPool(X, **attrs, out=alone, scratch=np.full(nbytes, 0x7F, np.uint8), _part=(rank, 2))
+        written.append(np.isfinite(alone))
+        if rank == 0:
+            got = alone
+        else:
+            got[written[1]] = alone[written[1]]
+    assert not (written[0] & written[1]).any() and (written[0] | written[1]).all()
+    np.testing.assert_array_equal(got, want)
+
+
 @needs_team
 @pytest.mark.parametrize("batch", [1, 2])
 def test_resnet18_with_two_processes_matches_one(resnet18_path, batch):
