@@ -14,7 +14,7 @@ interrupt, at every numpy call. A second *process* has its own interpreter and i
 After the plan is built, the session forks one worker per extra core; the arena is shared
 memory (an anonymous shared mmap, allocated before the fork), so a kernel's output written by
 rank 1 is where rank 0's next step reads it. Each kernel that takes `_part=(rank, ranks)`
-(Conv, FusedConv) computes only its share: its images when there are several, else its output
+(Conv, FusedConv, MaxPool) computes only its share: its images when there are several, else its output
 rows or channels (ops/conv.py). Every other step runs on rank 0 alone. The ranks meet after
 every split step at a barrier: each bumps its counter in a shared array and spins until the
 others have caught up (no system call, no GIL: a few microseconds). BLAS runs one thread per
