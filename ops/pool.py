@@ -78,24 +78,20 @@ def tap_outputs(j, s, d, pb, n_in, n_out) -> range:
 @kernel("MaxPool", since=1, shape=_pool_shape, scratch=_maxpool_scratch)
 def MaxPool(X, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
             storage_order=0, strides=None, out=None, scratch=None, _outputs=1, _part=None):
-    if _part is not None and _outputs == 1:  # rzrt/team.py: this process's images, or with one, its channels
-        Y = out if out is not None else np.empty(_pool_shape((X.shape, X.dtype), auto_pad=auto_pad,
-                                                             ceil_mode=ceil_mode, dilations=dilations,
-                                                             kernel_shape=kernel_shape, pads=pads,
-                                                             strides=strides)[0], X.dtype)
+    if _outputs > 1:     # the optional Indices output: see conv_transpose.maxpool_with_indices
+        from rzrt.ops.conv_transpose import maxpool_with_indices
+        return maxpool_with_indices(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
+                                    kernel_shape=kernel_shape, pads=pads, storage_order=storage_order, strides=strides)
+    k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
+    if _part is not None:                    # rzrt/team.py: this process's images, or with one, its channels
         lo, hi = share(X.shape[0] if X.shape[0] > 1 else X.shape[1], _part)
         cut = (slice(lo, hi),) if X.shape[0] > 1 else (slice(None), slice(lo, hi))
         if lo < hi:                          # (both cuts leave X and Y contiguous, as the passes want)
             MaxPool(X[cut], auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations, kernel_shape=kernel_shape,
                     pads=pads, storage_order=storage_order, strides=strides, out=Y[cut], scratch=scratch)
         return Y
-    if _outputs > 1:     # the optional Indices output: see conv_transpose.maxpool_with_indices
-        from rzrt.ops.conv_transpose import maxpool_with_indices
-        return maxpool_with_indices(X, auto_pad=auto_pad, ceil_mode=ceil_mode, dilations=dilations,
-                                    kernel_shape=kernel_shape, pads=pads, storage_order=storage_order, strides=strides)
-    k, s, d, pb, pe, osp, extra = _pool_geometry(X.shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
     mem = Carver(scratch)
-    Y = out if out is not None else np.empty(X.shape[:2] + osp, dtype=X.dtype)
     if all(v == 1 for v in s):
         return _flat_passes(X, k, d, pb, tuple(e + x for e, x in zip(pe, extra)), osp, Y, mem, _lowest(X.dtype),
                             np.maximum)

@@ -261,7 +261,8 @@ class TeamExecutor(Executor):
                 return
             if split and not rank and not joined:        # the workers are awake: they join here
                 if not waited:                           # the first split step: give them a moment
-                    waited = self._wait_ready(gen)
+                    self._wait_ready(gen)
+                    waited = True
                 joined = all(ctl[READY + PER_RANK * r] == gen for r in range(1, self.ranks))
                 if joined:
                     ctl[JOIN] = base + i
@@ -277,13 +278,12 @@ class TeamExecutor(Executor):
         if not rank and not joined:                      # the workers woke too late: nothing for them
             ctl[JOIN] = base + len(self.steps)
 
-    def _wait_ready(self, gen: int) -> int:
+    def _wait_ready(self, gen: int) -> None:
         """Spin up to WAKE seconds for the workers to be ready: a sleeping worker wakes in 0.3-0.5 ms
         here, and the step it helps with is usually longer than that."""
         end = time.perf_counter() + WAKE
         while any(self.ctl[READY + PER_RANK * r] != gen for r in range(1, self.ranks)) and time.perf_counter() < end:
             pass
-        return True
 
     def _wait(self, rank: int, target: int, gen: int, parent) -> None:
         self._wait_slot(PROGRESS + PER_RANK * rank, target, gen, parent, rank)
