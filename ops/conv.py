@@ -83,7 +83,12 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
         xs = (xs[0], xs[-1]) + tuple(xs[1:-1])
     k, s, d, pb, pe, osp = conv_geometry(xs, ws, kernel_shape, strides, dilations, pads, auto_pad)
     size = np.dtype(dt).itemsize
+    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad, dt) if WINOGRAD else 0
     if _nhwc_in or _nhwc_out:                        # rzrt/layout.py's links: depthwise or a plain 1x1 GEMM
+        if wm:                                       # Winograd between 1x1 convolutions: its pad copy unless
+            pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(xs, wm)))     # the input came padded
+            padded = [] if _padded_in else [((xs[0], xs[2] + 1 + pe[0], xs[3] + 1 + pe[1], xs[1]), size)]
+            return scratch_bytes(*padded, *winograd.scratch_pieces(xs, ws, wm, size))
         if _is_depthwise(xs[1], ws[0], group, ws):
             return scratch_bytes(*depthwise.channels_last_pieces(xs, k, s, d, pb, pe, osp, size, bool(_padded_in)))
         has_bias = len(rest) > 0 and rest[0] is not None
@@ -99,7 +104,6 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
     if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:
         return scratch_bytes(*depthwise.scratch_pieces(xs, k, s, d, pb, pe, osp, size))
     pieces = []
-    wm = winograd.tile_size(xs, ws, group, kernel_shape, strides, dilations, pads, auto_pad, dt) if WINOGRAD else 0
     if wm:
         pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(xs, wm)))
     if any(pb) or any(pe):
@@ -145,16 +149,19 @@ def Conv(X, W, B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
 
 
 def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
-         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None, pad_out=None, padded_in=None, part=None):
+         out=None, scratch=None, nhwc_in=False, nhwc_out=False, memo=None, pad_out=None, padded_in=None, part=None,
+         winograd_m=None):
     """Y = act(conv(X, W) + B + Z); B, Z and act are applied band by band while the band is in cache.
     nhwc_in / nhwc_out: X / Y are channels-last (N, H, W, C), for the 1x1 and small-plane depthwise
-    convolutions of a MobileNet block (rzrt/layout.py decides). memo: a dict kept with the node
-    across runs (the session's `_memo`), where a kernel may keep what it derives from the shapes
-    and buffers. pad_out / padded_in: a 1x1 expansion writes the padded, column-phased image its
-    depthwise reads (see _pointwise_padded). part = (rank, ranks): compute only this worker's share
-    of Y (rzrt/team.py): its images when there are several, else its output rows or channels,
-    whichever the path splits best; a path that cannot split (1-D and 3-D depthwise) runs whole
-    on rank 0."""
+    convolutions of a MobileNet block and for 3x3 -> 3x3 Winograd links (rzrt/layout.py decides).
+    memo: a dict kept with the node across runs (the session's `_memo`), where a kernel may keep
+    what it derives from the shapes and buffers. pad_out / padded_in: a convolution writes the
+    padded image the next one reads (a 1x1 expansion its depthwise's, column-phased: see
+    _pointwise_padded; a Winograd 3x3 the next 3x3's). part = (rank, ranks): compute only this
+    worker's share of Y (rzrt/team.py): its images when there are several, else its output rows or
+    channels, whichever the path splits best; a path that cannot split (1-D and 3-D depthwise) runs
+    whole on rank 0. winograd_m: the tile size chosen for the whole batch (a worker's share of the
+    images keeps it: the padded layout and the planned scratch were made for it)."""
     if padded_in:                                    # (N, Hp, s, width, C) holding an (H, W) image
         xshape = (X.shape[0], X.shape[-1]) + tuple(padded_in)
     else:                                            # the logical NCHW shape
@@ -169,16 +176,23 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     else:
         Y = np.empty((n,) + tuple(pad_out[2:]) + (m,) if pad_out else ((n,) + osp + (m,)) if nhwc_out
                      else ((n, m) + osp), dtype=np.result_type(X, W))
+    if winograd_m is not None:
+        wm = winograd_m
+    else:
+        wm = winograd.tile_size(xshape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
+                                X.dtype) if WINOGRAD else 0
     if part is not None and n > 1:                   # several images: each worker its own
         lo, hi = share(n, part)
         if lo < hi:
             zs = Z[lo:hi] if Z is not None and Z.ndim == Y.ndim and Z.shape[0] == n else Z
             conv(X[lo:hi], W, B, zs, act, auto_pad, dilations, group, kernel_shape, pads, strides, Y[lo:hi],
-                 scratch, nhwc_in, nhwc_out, memo, pad_out, padded_in)
+                 scratch, nhwc_in, nhwc_out, memo, pad_out, padded_in, winograd_m=wm)
         return Y
     mem = Carver(scratch)
     if nhwc_in or nhwc_out:
-        if _is_depthwise(c, m, group, W.shape):
+        if wm:                                       # a ResNet block's 3x3 between its 1x1 convolutions
+            _winograd_nhwc(X, W, B, Z, act, wm, xshape, pe, Y, mem, nhwc_in, nhwc_out, padded_in, pad_out, part)
+        elif _is_depthwise(c, m, group, W.shape):
             if nhwc_out and Z is not None:
                 raise ValueError("a residual into a channels-last depthwise output is not supported")
             depthwise.depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out,
@@ -202,8 +216,6 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if _is_depthwise(c, m, group, W.shape) and len(k) == 2:
         depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo, part)
         return Y
-    wm = winograd.tile_size(X.shape, W.shape, group, kernel_shape, strides, dilations, pads, auto_pad,
-                            X.dtype) if WINOGRAD else 0
     if wm:                                         # zeros below and right up to whole tiles
         pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(X.shape, wm)))
     if part is not None and _is_depthwise(c, m, group, W.shape):
@@ -229,6 +241,37 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     else:
         _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, part=part)
     return Y
+
+
+def _winograd_nhwc(X, W, B, Z, act, wm, xshape, pe, Y, mem, nhwc_in, nhwc_out, padded_in, pad_out, part):
+    """Winograd with X or Y channels-last (rzrt/layout.py links it to the 1x1 convolutions around it).
+    X: the padded (N, H', W', C) image the convolution before wrote (padded_in), or (N, H, W, C),
+    padded here by a plain copy. Y: (N, H, W, K), or with pad_out the next Winograd convolution's
+    padded input (N, H', 1, W', K), whose border is zeroed here. A residual Z needs an NCHW Y."""
+    n, c, h, w = xshape
+    pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(xshape, wm)))
+    if padded_in:
+        Xp = X.reshape(n, h + 1 + pe[0], w + 1 + pe[1], c)
+    else:
+        Xp = winograd.pad_channels_last(X, pe, mem, nhwc_in)
+    epilogue = lambda t: _finish_tiles(t, B, act)        # noqa: E731
+    if not nhwc_out:
+        if Z is None:
+            winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=epilogue, part=part)
+        else:
+            m = W.shape[0]
+            winograd.conv3x3(Xp, W, wm, Y, mem, part=part,
+                             finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
+        return
+    if Z is not None:
+        raise ValueError("a residual into a channels-last Winograd output is not supported")
+    if pad_out:                                          # the next 3x3 reads (N, H', W', K), zeros around
+        oh, ow = h, w                                    # (3x3, stride 1, pad 1: the output is the input's size)
+        Yp = Y.reshape(n, pad_out[2], pad_out[4], -1)
+        if part is None or part[0] == 0:
+            winograd.zero_border(Yp, oh, ow)
+        Y = Yp[:, 1:1 + oh, 1:1 + ow]
+    winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=epilogue, part=part, channels_last=True)
 
 
 NHWC_ROWS = 4096     # pixels per GEMM band of a channels-last 1x1 output: its epilogue runs in cache

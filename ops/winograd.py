@@ -122,26 +122,39 @@ def scratch_pieces(x_shape, w_shape, m, itemsize) -> list:
             ((a * a * q * k,), itemsize)]
 
 
-def pad_channels_last(X, pe, mem) -> np.ndarray:
+def pad_channels_last(X, pe, mem, nhwc_in=False) -> np.ndarray:
     """X (N, C, H, W) zero-padded by 1 above and left and pe below and right, as (N, H', W', C):
     the one transposing copy, so that gathering the overlapping tiles copies runs of C elements
-    (reading channel planes in the gather itself was 25-40% slower, on top of a padding copy)."""
-    n, c, h, w = X.shape
+    (reading channel planes in the gather itself was 25-40% slower, on top of a padding copy).
+    nhwc_in: X is (N, H, W, C) already, and the copy only pads."""
+    n, h, w, c = X.shape if nhwc_in else (X.shape[0],) + X.shape[2:] + X.shape[1:2]
     xt = mem.take((n, h + 1 + pe[0], w + 1 + pe[1], c), X.dtype)
-    xt[:, :1] = 0
-    xt[:, h + 1:] = 0
-    xt[:, 1:h + 1, :1] = 0
-    xt[:, 1:h + 1, w + 1:] = 0
-    np.copyto(xt[:, 1:h + 1, 1:w + 1], X.transpose(0, 2, 3, 1))
+    zero_border(xt, h, w)
+    np.copyto(xt[:, 1:h + 1, 1:w + 1], X if nhwc_in else X.transpose(0, 2, 3, 1))
     return xt
 
 
-def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None, part=None):
+def zero_border(xt, h, w, rows=None) -> None:
+    """Zero the padding of xt (N, H', W', C) around its (h, w) image at [1:h+1, 1:w+1]; rows = (lo, hi):
+    only the border of those image rows, and the padding rows above (lo == 0) or below (hi == h)."""
+    lo, hi = rows or (0, h)
+    if lo == 0:
+        xt[:, :1] = 0
+    if hi == h:
+        xt[:, h + 1:] = 0
+    xt[:, 1 + lo:1 + hi, :1] = 0
+    xt[:, 1 + lo:1 + hi, w + 1:] = 0
+
+
+def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None, part=None, channels_last=False):
     """Y = conv(X, W) from the padded channels-last input Xp (N, H, W, C: pad 1 above and left,
     up to whole tiles below and right; pad_channels_last). epilogue(t) applies bias and
     activation in place to a block t (pixels, K) of output tiles while it is in cache, before
     the tiles are written to Y; after each band of output rows of image i is written,
-    finish(i, columns) may apply more to Y[i]'s flat columns (a residual).
+    finish(i, columns) may apply more to Y[i]'s flat columns (a residual; NCHW Y only).
+    channels_last: Y is (N, H, W, K) (rzrt/layout.py links the 1x1 convolution reading it): the
+    scatter of the output tiles then copies runs of K values, where into NCHW it writes one
+    value per channel plane (64 channels at 56x56: 220 -> 28 us).
 
     Tiles are laid out channels last, V[p] = (tiles, C) and M[p] = V[p] @ U[p] = (tiles, K): the
     gather of the overlapping input tiles and the scatter of the output tiles then copy runs of
@@ -153,10 +166,11 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None, part=None):
     n, c = Xp.shape[0], Xp.shape[3]
     k = W.shape[0]
     th, tw = (Xp.shape[1] - 2) // m, (Xp.shape[2] - 2) // m      # Xp is padded to whole tiles
-    height, width = Y.shape[2:]
+    height, width = Y.shape[1:3] if channels_last else Y.shape[2:]
     whole = (th * m, tw * m) == (height, width)
     U = pack(W, m)                                                 # (a*a, C, K)
-    xs, ys = Xp.strides, Y.strides
+    xs = Xp.strides
+    ys = (Y.strides[0], Y.strides[3], Y.strides[1], Y.strides[2]) if channels_last else Y.strides   # as NCHW
     # tiles[i, j, n, ty, tx, c] = Xp[n, ty*m + i, tx*m + j, c]: overlapping a x a windows (a view)
     tiles = as_strided(Xp, (a, a, n, th, tw, c), (xs[1], xs[2], xs[0], xs[1] * m, xs[2] * m, xs[3]))
     # out_tiles[r, s, n, ty, tx, k] = Y[n, k, ty*m + r, tx*m + s], only when whole tiles cover Y
@@ -195,8 +209,9 @@ def conv3x3(Xp, W, m, Y, mem, epilogue=None, finish=None, part=None):
             for r in range(m):
                 nr = len(range(r0 + r, r1, m))
                 for s in range(m):
-                    dst = Y[i0:i1, :, r0 + r:r1:m, s::m]
-                    np.copyto(dst.transpose(0, 2, 3, 1), res[r, s, :, :nr, :dst.shape[3]])
+                    dst = Y[i0:i1, r0 + r:r1:m, s::m] if channels_last else \
+                        Y[i0:i1, :, r0 + r:r1:m, s::m].transpose(0, 2, 3, 1)
+                    np.copyto(dst, res[r, s, :, :nr, :dst.shape[2]])
         if finish is not None:
             for i in range(i0, i1):
                 finish(i, slice(r0 * width, r1 * width))

@@ -4,6 +4,10 @@
 
 (E may also be a network's stem, a strided 3x3 run by im2col, which writes (H, W, C) just as well.)
 
+Likewise 3x3 -> 3x3, both run by Winograd (ResNet-18's blocks, VGG): the first writes its output
+tiles into the second's zero-padded (N, H', 1, W', C) input (runs of C values, where NCHW takes one
+per channel plane), and the second reads it with no padding copy.
+
 A depthwise convolution on a small plane runs channels-last (ops/depthwise.py), so on its own it
 transposes its input to (H, W, C) and its output back. When its input comes from a 1x1
 convolution read by nothing else, that convolution writes (H, W, C) directly: the same GEMM,
@@ -42,6 +46,7 @@ LAYOUT_FLAGS = ("_nhwc_in", "_nhwc_out", "_nhwc_gate", "_pad_out", "_padded_in")
 # (saving the depthwise's copy of it) instead of plain (H, W, C): its GEMM then also computes the
 # padding slots, (s*width - W)/W more rows, 2-7% from 28x28 up but 14-29% at 14x14 and 7x7.
 PADDED_MIN_PIXELS = 28 * 28
+WINOGRAD_LINKS = True   # a Winograd 3x3 read only by another writes its padded channels-last input
 ZERO_AT_ZERO = {"", "Relu", "Tanh", "HardSwish", "Silu", "LeakyRelu"}     # act(0) == 0 (and Clip around 0)
 
 
@@ -93,6 +98,28 @@ def _dense_stem(step, shapes) -> bool:
     return kw.get("group", 1) == 1 and ws[1] == xs[1] and xdt.kind == "f" and winograd.tile_size(
         xs, ws, 1, kw.get("kernel_shape"), kw.get("strides"), kw.get("dilations"), kw.get("pads"),
         kw.get("auto_pad", "NOTSET"), xdt) == 0
+
+
+def _winograd(step, shapes) -> int:
+    """m when Winograd's F(m x m, 3 x 3) runs this convolution (ops/winograd.py), else 0: it can read
+    and write channels-last."""
+    info = _conv_info(step, shapes)
+    if info is None or not convops.WINOGRAD:
+        return 0
+    (xs, xdt), (ws, _), _ = info
+    kw = step.kwargs
+    if xdt.kind != "f":
+        return 0
+    return winograd.tile_size(xs, ws, kw.get("group", 1), kw.get("kernel_shape"), kw.get("strides"),
+                              kw.get("dilations"), kw.get("pads"), kw.get("auto_pad", "NOTSET"), xdt)
+
+
+def _winograd_padded(xs, m) -> tuple:
+    """(N, H', 1, W', C): the padded channels-last image F(m x m, 3 x 3) reads (pad 1, then zeros up
+    to whole tiles), in the (N, Hp, s, width, C) form of a 1x1 convolution's pad_out (s = 1)."""
+    n, c, h, w = xs
+    eh, ew = winograd.extra_pad(xs, m)
+    return (n, h + 2 + eh, 1, w + 2 + ew, c)
 
 
 def _depthwise(step, shapes):
@@ -245,6 +272,20 @@ def channels_last_blocks(steps: list, shapes: dict, outputs) -> list:
             mark(mul, _nhwc_gate=g)
             mark(p, _nhwc_in=True)
             relaid.append(steps[mul].outputs[0])
+    for i, s in enumerate(steps):                     # 3x3 -> 3x3 (ResNet-18's blocks, VGG): Winograd to Winograd
+        y = s.outputs[0] if s.outputs else ""
+        if not WINOGRAD_LINKS or not y or y in outputs or _has_residual(s) or not _winograd(s, shapes):
+            continue
+        p = readers.get(y, [None])[0]
+        if p is None or not private(y, p) or steps[p].inputs[0] != y or marks.get(p, {}).get("_nhwc_in"):
+            continue
+        m = _winograd(steps[p], shapes)
+        if m:                                         # i writes the padded (H', W', C) image p reads
+            ys, ydt = shapes[y]
+            ps = _winograd_padded(ys, m)
+            mark(i, _nhwc_out=True, _pad_out=(1, 1, ps[1], 1, ps[3]))
+            mark(p, _nhwc_in=True, _padded_in=(ys[2], ys[3]))
+            padded[y] = (ps, ydt)
     _chains(steps, shapes, outputs, producer, readers, marks, mark)
     out = list(steps)
     for i, flags in marks.items():

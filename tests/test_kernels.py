@@ -662,6 +662,15 @@ def test_winograd_convolution(xs, m):
     assert np.abs(clip - np.clip(direct, -0.5, 0.5)).max() / np.abs(direct).max() < 1e-5
     no_bias = FusedConv(x, w, None, None, activation="Relu", **attrs)
     assert rel(no_bias, np.maximum(direct - b.reshape(-1, 1, 1), 0)) < 1e-5
+    # channels-last in and out (rzrt/layout.py), a residual with an NCHW output
+    relu = np.maximum(direct, 0)
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    both = FusedConv(xl, w, b, None, activation="Relu", **attrs, _nhwc_in=True, _nhwc_out=True)
+    assert both.shape == relu.transpose(0, 2, 3, 1).shape and rel(both, relu.transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(FusedConv(x, w, b, None, activation="Relu", **attrs, _nhwc_out=True), relu.transpose(0, 2, 3, 1)) < 1e-5
+    assert rel(FusedConv(xl, w, b, z, activation="Relu", **attrs, _nhwc_in=True), np.maximum(direct + z, 0)) < 1e-5
+    with pytest.raises(ValueError, match="residual into a channels-last Winograd"):
+        FusedConv(xl, w, b, z.transpose(0, 2, 3, 1), **attrs, _nhwc_in=True, _nhwc_out=True)
 
 
 @pytest.mark.parametrize("ws,attrs", [((8, 8, 3, 3), {"strides": [2, 2]}), ((8, 1, 3, 3), {"group": 8}),

@@ -314,3 +314,57 @@ def test_single_channel_3x3_is_not_a_depthwise():
     s, (got,) = agrees_with_level_0(m, x)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert s.channels_last_nodes({"x": x.shape}) == []
+
+
+def basic_block(c=32, residual=True, extra_outputs=(), stride2=False, seen=False):
+    """ResNet-18's block: x -> 3x3 + ReLU -> a -> 3x3 [+ x] + ReLU -> y (seen: a also goes to a Relu)."""
+    nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["a0"], pads=[1] * 4), h.make_node("Relu", ["a0"], ["a"]),
+             h.make_node("Conv", ["a", "w2", "b2"], ["c"], pads=[1] * 4, strides=[2, 2] if stride2 else [1, 1])]
+    nodes += [h.make_node("Add", ["c", "x"], ["c1"])] if residual and not stride2 else \
+        [h.make_node("Identity", ["c"], ["c1"])]
+    nodes += [h.make_node("Relu", ["c1"], ["y"])]
+    nodes += [h.make_node("Relu", ["a"], ["seen"])] if seen else []
+    inits = {"w1": f32(c, c, 3, 3) / 8, "b1": f32(c), "w2": f32(c, c, 3, 3) / 8, "b2": f32(c)}
+    return model("basic", nodes, inits, c, "H", ("y",) + tuple(extra_outputs) + (("seen",) if seen else ()))
+
+
+def winograd_padded(n, c, hw):
+    from rzrt.layout import _winograd_padded
+    from rzrt.ops import winograd
+    m = winograd.tile_size((n, c, hw, hw), (c, c, 3, 3), 1, None, None, None, [1] * 4, "NOTSET", np.float32)
+    return _winograd_padded((n, c, hw, hw), m)
+
+
+@pytest.mark.parametrize("n,hw", [(1, 28), (2, 14), (1, 30), (3, 10), (1, 17)])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("memory_plan", [True, False])
+def test_winograd_writes_the_next_winograds_padded_input(n, hw, residual, memory_plan):
+    """3x3 -> 3x3, both by Winograd: the first writes the second's zero-padded channels-last input
+    (N, H', 1, W', C) itself (no NCHW scatter, no padding copy), the second reads it as it is and
+    writes NCHW (with the residual). Whole and partial tiles (30, 17), F(4x4) and F(2x2)."""
+    m = basic_block(residual=residual)
+    x = f32(n, 32, hw, hw)
+    want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    plain = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
+    s = rzrt.InferenceSession(m, level=2, memory_plan=memory_plan)
+    for _ in range(2):                                   # the padding is zeroed on every run, not once
+        got = s.run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
+        x = f32(n, 32, hw, hw) * 3
+        want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        plain = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
+    assert s.value_shapes({"x": x.shape})["a"][0] == winograd_padded(n, 32, hw)
+    assert len(s.channels_last_nodes({"x": x.shape})) == 2
+
+
+@pytest.mark.parametrize("kind", ["seen", "output", "stride2", "small"])
+def test_winograd_link_only_between_private_winograds(kind):
+    """No link when the value is read by another node too or is a graph output, when the second
+    convolution is no Winograd (stride 2), or when neither is (too few tiles: 6x6 at batch 1)."""
+    m = basic_block(seen=kind == "seen", extra_outputs=("a",) if kind == "output" else (), stride2=kind == "stride2")
+    hw = 6 if kind == "small" else 14
+    x = f32(1, 32, hw, hw)
+    s, _ = agrees_with_level_0(m, x)
+    assert s.value_shapes({"x": x.shape})["a"][0] == (1, 32, hw, hw)
+    assert s.channels_last_nodes({"x": x.shape}) == []

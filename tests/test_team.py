@@ -121,6 +121,22 @@ def test_mobilenet_blocks_channels_last_with_two_processes(n):
 
 
 @needs_team
+@pytest.mark.parametrize("n", [1, 3])
+def test_winograd_links_with_two_processes(n):
+    """A Winograd 3x3 writing the next one's padded channels-last input (rzrt/layout.py), shared by
+    two processes: tile rows at batch 1; at batch 3 images (1 and 2), each rank keeping the tile size
+    the plan chose for all 3 (F(4x4) at 14x14; one image alone would take F(2x2) and read the padded
+    input with the wrong geometry)."""
+    from test_layout import basic_block, f32
+    m, x = basic_block(), f32(n, 32, 14, 14)
+    want = rzrt.InferenceSession(m).run(None, {"x": x})[0]
+    sess = rzrt.InferenceSession(m, processes=2)
+    assert len(sess.channels_last_nodes({"x": x.shape})) == 2
+    for _ in range(2):
+        assert rel_err(sess.run(None, {"x": x})[0], want) < 1e-5
+
+
+@needs_team
 def test_an_error_in_a_worker_is_raised_here(resnet18_path, monkeypatch):
     from rzrt.ops import conv as conv_module
     real = conv_module.conv
