@@ -18,11 +18,12 @@ LADDER = [
     ("+ graph passes (BN folding, fusions)", dict(level=2, memory_plan=False, threads=1, winograd=False)),
     ("+ static memory plan (no allocation per run)", dict(level=2, memory_plan=True, threads=1, winograd=False)),
     ("+ Winograd for 3x3 convolutions", dict(level=2, memory_plan=True, threads=1, winograd=True)),
-    ("+ BLAS on all cores", dict(level=2, memory_plan=True, threads=None, winograd=True)),
+    ("+ BLAS on all cores", dict(level=2, memory_plan=True, threads=None, winograd=True, images=False)),
+    ("+ images shared by threads (batch > 1)", dict(level=2, memory_plan=True, threads=None, winograd=True)),
     ("+ convolutions shared by 2 processes (opt-in)", dict(level=2, memory_plan=True, threads=None, winograd=True,
                                                            processes=2)),
     ("1 process, non-BLAS work on threads (off: slower)", dict(level=2, memory_plan=True, threads=None,
-                                                               winograd=True, split=True)),
+                                                               winograd=True, split=True, images=False)),
 ]
 
 
@@ -161,12 +162,14 @@ def _ladder(model, batch, runs, warmup):
     for line in blas_lines():
         click.echo(line)
     click.echo(f"{'step':<50}{'p50 ms':>10}{'step gain':>11}{'total gain':>12}")
+    from rzrt import batch as images
     from rzrt.ops import conv, parallel
     first = prev = None
     for label, kw in LADDER:
         kw = dict(kw)
         conv.WINOGRAD = kw.pop("winograd")
         parallel.SPLIT = kw.pop("split", False)
+        images.SPLIT_IMAGES = kw.pop("images", True)
         sess = open_session(model, **kw)
         feeds = example_feeds(sess, batch=batch)
         ms = []
@@ -180,4 +183,4 @@ def _ladder(model, batch, runs, warmup):
         gain = f"{prev / p50:.2f}x" if prev else ""
         click.echo(f"{label:<50}{p50:>10.2f}{gain:>11}{first / p50:>11.2f}x")
         prev = p50
-    conv.WINOGRAD, parallel.SPLIT = True, False
+    conv.WINOGRAD, parallel.SPLIT, images.SPLIT_IMAGES = True, False, True

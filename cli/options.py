@@ -20,7 +20,7 @@ def session_options(fn=None, *, level: int = 2):
                           help="share every convolution among this many processes, one per core "
                                "(Linux; not with profile)")(fn)
         fn = click.option("--threads", type=click.IntRange(min=1), default=None,
-                          help="BLAS threads  [default: all cores]")(fn)
+                          help="cores: BLAS threads, and at batch > 1 threads sharing the images  [default: all cores]")(fn)
         fn = click.option("--level", "-O", type=click.IntRange(0, 2), default=level, show_default=True,
                           help="graph optimisation: 0 off, 1 standard ONNX rewrites, 2 + rzrt fusions")(fn)
         return fn

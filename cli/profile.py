@@ -86,9 +86,9 @@ def profile(model, image, shape, runs, warmup, top_n, trace, as_json, as_csv, **
                    f"{', '.join(f'{v} {k}' for k, v in at_plan.most_common())}")
     relaid = sess.channels_last_nodes()
     if relaid:
-        click.echo(f"channels-last (N, H, W, C) values between {len(relaid)} nodes (MobileNet blocks; "
-                   f"their shapes above read N x H x W x C, or N x Hp x stride x width x C for an "
-                   f"expansion writing its depthwise's padded input)")
+        click.echo(f"channels-last (N, H, W, C) values between {len(relaid)} nodes (MobileNet blocks, Winograd "
+                   f"3x3 -> 3x3):\n  their shapes above read N x H x W x C, or N x Hp x stride x width x C "
+                   f"for a padded input\n  written by the convolution before")
     click.echo("passes:" + ("" if sess.pass_report else " none"))
     for line in sess.pass_report:
         click.echo(f"  {line}")

@@ -16,7 +16,7 @@ from rzrt.executor import Executor, Step, last_uses
 from rzrt.graph import Graph, Value
 from rzrt.layout import LAYOUT_FLAGS, channels_last_blocks
 from rzrt.model import load_model
-from rzrt import team
+from rzrt import batch, team
 from rzrt.ops import parallel, registry
 from rzrt.planner import MemoryPlan, Request, plan
 from rzrt.shapes import NON_DETERMINISTIC, infer_shapes
@@ -44,7 +44,8 @@ class InferenceSession:
     level        graph optimisation: 0 off, 1 basic (standard ONNX rewrites), 2 all (fused rzrt ops)
     memory_plan  place every intermediate value in one preallocated arena (plans cached per input shape)
     profile      time every node of every run; session.profile() returns the records
-    threads      threads for BLAS (None: numpy's default, all cores)
+    threads      cores to use (None: all): BLAS's threads, and at batch > 1 the threads that share each
+                 convolution's images (rzrt/batch.py; 1: this thread alone, BLAS on one thread)
     processes    run every convolution split across this many processes, one per core, sharing the
                  arena (rzrt/team.py; Linux; 1: this process alone, the default). Then BLAS runs
                  one thread per process, whatever `threads` says, and profile=True runs alone
@@ -201,6 +202,10 @@ class InferenceSession:
             ex = ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
         elif ranks > 1:
             ex = team.TeamExecutor(steps, constants, g.output_names, arena, ranks, [v.name for v in g.inputs])
+        elif batch.SPLIT_IMAGES and batch.ranks_for(self.threads) > 1 and any(
+                shape and shape[0] > 1 for shape, _ in feed_info.values()) and batch.shared_steps(
+                steps, {**g.initializers, **folded}, batch.ranks_for(self.threads)):     # images shared among threads
+            ex = batch.BatchExecutor(steps, constants, g.output_names, arena, batch.ranks_for(self.threads))
         else:
             ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes

@@ -1,0 +1,307 @@
+"""A batch shared among threads: each convolution's images split between this thread and workers.
+
+    thread 0 (the caller)              thread 1 (a worker, its own core)
+    step 0  Conv, images 0-3     |     step 0  Conv, images 4-7
+            ------------- both done -------------
+    step 1  MaxPool, images 0-3  |     step 1  MaxPool, images 4-7
+    ...
+    step k  Gemm (alone, BLAS on every core; the worker sleeps)
+
+numpy runs its own loops (im2col copies, Winograd transforms, epilogues, pooling) on one core;
+at batch 8 they are a third of ResNet-50's time. numpy releases the GIL inside those loops and
+inside BLAS, so two threads can run two halves of a step at once, as long as each numpy call is
+long: the GIL changes hands (~20 us here) only between calls. Split by images, each thread's
+calls are a whole image's copy, GEMM or epilogue. Split within one image (rows, as rzrt/team.py
+does with processes) the calls are short and the hand-overs ate the gain (1.5x slower at batch
+1), so a step whose input has one image runs as before, BLAS using every core.
+
+Meeting after every step is what costs. A thread that blocks (a semaphore, an event) lets its
+virtual core halt, and waking a halted core takes 0.3 ms to several ms on these machines: RegNet's
+tiny squeeze-excitation convolutions took 4 ms each that way, and the run 1.7x longer. So while
+a run is among shared steps the worker does not block: it waits in pthread_spin_lock, called
+through ctypes, which releases the GIL; a hand-over there takes ~3 us. Before a step that runs
+BLAS on its own (MatMul, Gemm, an unshared Conv) and at the end of the run the worker is parked
+(it sleeps on a semaphore, off its core), and BLAS gets every core back. Each thread is pinned to
+a core of its own while it works: a woken thread lands on its waker's core by default (wake-
+affine), and the two then shared one core until the scheduler moved one (MobileNetV2 0.94x
+before pinning, 0.81x after).
+
+Each kernel that takes `_part=(rank, ranks)` (Conv, FusedConv, MaxPool) computes its share of
+the images into the one output buffer; a worker uses its own scratch buffer, allocated once.
+The caller waits for every worker's part before the step is done, also when one fails, so no
+worker writes after the run has returned. Linux with glibc (spin locks, CPU affinity) only;
+elsewhere sessions run each step whole.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+import weakref
+
+import numpy as np
+
+from rzrt import team
+from rzrt.executor import Executor
+
+SPLIT_IMAGES = True     # rzrt bench --ladder turns it off for its earlier steps
+# Unshared steps the worker keeps spinning through (numpy's own loops, no BLAS: BLAS stays at one
+# thread for them); before any other step it is parked and BLAS gets every core back.
+LIGHT_OPS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Add", "Sub", "Mul",
+             "Div", "Max", "Min", "Neg", "Exp", "Sqrt", "Pow", "Erf", "Gelu", "Identity", "GlobalAveragePool",
+             "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "Concat", "Split",
+             "Slice", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Shape", "Gather", "Cast",
+             "Softmax", "Dropout", "Pad", "Resize", "Expand", "Tile", "BatchNormalization",
+             "LayerNormalization", "InstanceNormalization", "Silu", "Mish", "Softplus"}
+GEMM_OPS = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose"}
+
+
+# Steps are shared only when each thread's parts are long enough, on average, to pay for the GIL
+# hand-overs between their numpy calls; a part's time is estimated from its size (part_ms).
+MIN_PART_MS = 0.45
+GEMM_MACS_PER_MS = 50e6      # a dense convolution's multiply-adds on one core (~100 GFLOP/s)
+DEPTHWISE_MACS_PER_MS = 5e6  # a depthwise one's (numpy's einsum loops, not BLAS)
+VALUES_PER_MS = 1e6          # output values an epilogue or a pool writes
+
+
+PARK_MS = 1.0                # an unshared GEMM this long (on one core) gets BLAS on every core
+
+
+def _heavy(step, args) -> bool:
+    """Does this unshared step want BLAS on every core? A MatMul, Gemm or convolution of at least
+    PARK_MS on one core, or any op rzrt does not know (a custom kernel may call BLAS). Light ops
+    run with the worker spinning and BLAS on one thread; a small GEMM loses little that way, and
+    parking costs a slow wake-up at the next shared step."""
+    op = step.node.op_type
+    if step.node.domain in ("", "ai.onnx") and op in LIGHT_OPS:
+        return False
+    if op not in GEMM_OPS:
+        return True
+    a, b = (args + [None, None])[:2]
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or b.ndim < 2:
+        return True
+    if "Conv" in op:
+        out = step.out_spec[0] if step.out_spec else a.shape
+        macs = int(np.prod(out)) * int(np.prod(b.shape[1:]))
+    else:
+        k = a.shape[0] if step.kwargs.get("transA") and a.ndim == 2 else a.shape[-1]
+        macs = a.size // max(k, 1) * b.size // max(b.shape[-2], 1) * k if op in ("MatMul", "FusedMatMul") \
+            else a.size * (b.shape[0] if step.kwargs.get("transB") else b.shape[-1])
+    return macs / GEMM_MACS_PER_MS >= PARK_MS
+
+
+def shared_steps(steps, constants, ranks: int) -> set:
+    """ids of the steps to share, all or none: every step that can split by images when their
+    parts average at least MIN_PART_MS, they are at least half of the plan's GEMM steps, and no
+    other BLAS step sits among them. Sharing only some
+    was worse than either: the unshared convolutions between them ran on one BLAS thread
+    (MobileNetV2, batch 2: 1.54x), or each parked the worker and the next shared step paid for
+    waking it (ResNet-18: 1.4x). A MatMul among them (ConvNeXt's linear layers) did the same."""
+    can = [("_part" in s.kernel.context and s.kernel.takes_out and len(s.outputs) == 1
+            and s.out_spec is not None and len(s.out_spec[0]) > 0 and s.out_spec[0][0] > 1) for s in steps]
+    idx = [i for i, ok in enumerate(can) if ok]
+    if not idx or ranks < 2:
+        return set()
+    if np.mean([part_ms(steps[i], constants, ranks) for i in idx]) < MIN_PART_MS:
+        return set()
+    if 2 * len(idx) < sum(s.node.op_type in GEMM_OPS for s in steps):    # a transformer's patch embedding:
+        return set()                                 # too little to share for the wake-up and the pinning
+    for i in range(idx[0], idx[-1]):
+        s = steps[i]
+        if not can[i] and not (s.node.domain in ("", "ai.onnx") and s.node.op_type in LIGHT_OPS):
+            return set()
+    return {id(steps[i]) for i in idx}
+
+
+def part_ms(step, constants, ranks: int) -> float:
+    """Estimated ms of one thread's part of a step: its images' multiply-adds and output values."""
+    shape = step.out_spec[0]
+    if not shape:
+        return 0.0
+    n, per_image = shape[0], int(np.prod(shape[1:]))
+    images = -(-n // ranks)
+    w = constants.get(step.inputs[1]) if len(step.inputs) > 1 else None
+    ms = per_image / VALUES_PER_MS
+    if getattr(w, "ndim", 0) >= 3:
+        macs = per_image * int(np.prod(w.shape[1:]))
+        depthwise = step.kwargs.get("group", 1) > 1 and w.shape[1] == 1
+        ms += macs / (DEPTHWISE_MACS_PER_MS if depthwise else GEMM_MACS_PER_MS)
+    return images * ms
+
+
+def _libc():
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.pthread_spin_lock, libc.pthread_spin_unlock, libc.pthread_spin_init     # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+LIBC = _libc()
+
+
+def ranks_for(threads: int | None) -> int:
+    """Threads a batch may be shared among: `threads` (None: every core this process may use);
+    1 where spin locks or CPU affinity are missing."""
+    if LIBC is None or not hasattr(os, "sched_getaffinity"):
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, threads or cores))
+
+
+class _Bell:
+    """A binary semaphore whose waiter spins in C, GIL released: ring() lets one wait() through."""
+
+    def __init__(self):
+        self._lock = ctypes.c_int(0)
+        self._ptr = ctypes.pointer(self._lock)
+        LIBC.pthread_spin_init(self._ptr, 0)
+        LIBC.pthread_spin_lock(self._ptr)          # armed: the first wait() spins until ring()
+
+    def ring(self) -> None:
+        LIBC.pthread_spin_unlock(self._ptr)
+
+    def wait(self) -> None:
+        LIBC.pthread_spin_lock(self._ptr)          # returns with the lock taken again: re-armed
+
+
+class _Worker:
+    """A thread that runs parts of steps: [fn, args, kwargs] in `job`, its error in `error`."""
+    PARK, STOP = "park", "stop"
+
+    def __init__(self, cpu):
+        self.job, self.error = None, None
+        self.go, self.done = _Bell(), _Bell()
+        self.wake = threading.Semaphore(0)
+        self.spinning = False                       # (as the caller sees it)
+        threading.Thread(target=self._serve, args=(cpu,), daemon=True, name="rzrt-batch").start()
+
+    def _serve(self, cpu) -> None:
+        _pin(cpu)
+        while True:
+            self.wake.acquire()                     # parked: asleep, off the core
+            while True:
+                self.go.wait()                      # among shared steps: spinning, ready in ~3 us
+                job = self.job
+                if job in (self.PARK, self.STOP):
+                    self.done.ring()
+                    if job == self.STOP:
+                        return
+                    break
+                fn, args, kwargs = job
+                try:
+                    fn(*args, **kwargs)
+                except BaseException as e:          # noqa: BLE001 - the caller raises it, with the node's name
+                    self.error = e
+                self.job = None
+                self.done.ring()
+
+    def post(self, job) -> None:
+        if not self.spinning:
+            self.wake.release()
+            self.spinning = True
+        self.job = job
+        self.go.ring()
+
+    def park(self) -> None:
+        if self.spinning:
+            self.job = self.PARK
+            self.go.ring()
+            self.done.wait()
+            self.spinning = False
+
+    def stop(self) -> None:
+        """End the thread; no waiting (this may run from the garbage collector)."""
+        if not self.spinning:
+            self.wake.release()
+        self.job = self.STOP
+        self.go.ring()
+
+
+class BatchExecutor(Executor):
+    """Executor.run with each image-splittable step shared among `ranks` threads; see the module."""
+
+    def __init__(self, steps, constants, output_names, arena, ranks: int):
+        super().__init__(steps, constants, output_names, arena)
+        self.ranks = ranks
+        self._split_ids = shared_steps(steps, constants, ranks)
+        sizes = [s.scratch.size for s in steps if id(s) in self._split_ids and s.scratch is not None]
+        self._scratch = [np.empty(max(sizes, default=0), np.uint8) for _ in range(ranks - 1)]
+        self._workers = []          # started at the first shared step
+        self._blas_saved = None     # BLAS's thread counts while the shared steps hold it at 1
+        self._mask = None           # this thread's CPU mask before it was pinned for the shared steps
+        self.shared_steps = 0       # steps run shared so far (tests and curious users)
+        cores = sorted(os.sched_getaffinity(0))
+        self.cpus = cores[:ranks]   # one core per thread while it works
+
+    def execute(self, feeds: dict) -> dict:
+        try:
+            return super().execute(feeds)
+        finally:
+            self._rest()
+
+    def call_kernel(self, step, args):
+        x = args[0] if args else None
+        if id(step) not in self._split_ids or not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] < 2:
+            if self._workers and _heavy(step, args):
+                self._rest()                        # BLAS on every core for it, the workers off them
+            return super().call_kernel(step, args)
+        if self._blas_saved is None:                # the workers wake: BLAS on one thread, this one pinned
+            self._blas_saved = team._blas(1)
+            self._mask = _pin(self.cpus[0])
+        if not self._workers:
+            self._workers = [_Worker(cpu) for cpu in self.cpus[1:]]
+            weakref.finalize(self, _stop, list(self._workers)).atexit = False
+        self.shared_steps += 1
+        kwargs = self.kernel_kwargs(step)
+        out = step.out if step.out is not None else np.empty(*step.out_spec)
+        for r, w in enumerate(self._workers, 1):
+            scratch = self._scratch[r - 1][:step.scratch.size] if step.scratch is not None else None
+            w.post((step.kernel.fn, args, dict(kwargs, out=out, scratch=scratch, _part=(r, self.ranks))))
+        try:
+            step.kernel.fn(*args, **dict(kwargs, out=out, scratch=step.scratch, _part=(0, self.ranks)))
+        finally:
+            for w in self._workers:                 # every part is in `out` (or failed) before we go on
+                w.done.wait()
+        for w in self._workers:
+            if w.error is not None:
+                error, w.error = w.error, None
+                raise error
+        return out
+
+    def _rest(self) -> None:
+        """The workers asleep and BLAS on every core again (before a BLAS step, after the run)."""
+        for w in self._workers:
+            w.park()
+        if self._blas_saved is not None:
+            team._blas(self._blas_saved)
+            self._blas_saved = None
+            if self._mask is not None:              # unpinned: BLAS's own threads go where they like
+                _unpin(self._mask)
+                self._mask = None
+
+
+def _pin(cpu):
+    """Pin the calling thread to one core; return its mask before (None where that is not possible)."""
+    try:
+        mask = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
+        return mask
+    except (OSError, AttributeError):
+        return None
+
+
+def _unpin(mask) -> None:
+    try:
+        os.sched_setaffinity(0, mask)
+    except OSError:
+        pass
+
+
+def _stop(workers) -> None:
+    for w in workers:
+        w.stop()
