@@ -259,6 +259,10 @@ class ChannelsLastPlan:
     bias: list               # [B, B repeated along an output row (Wo*C)] for a constant B, once seen
 
 
+def _address(a):
+    return None if a is None else a.__array_interface__["data"][0]
+
+
 def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhwc_in=False, nhwc_out=False,
                               memo=None, padded_in=None, part=None) -> None:
     """Y = act(depthwise(X, W) + B + Z), channels innermost:
@@ -275,7 +279,10 @@ def depthwise2d_channels_last(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, nhw
     part = (rank, ranks): only this worker's share of the output rows (rzrt/team.py)."""
     if mem.buf is None:                  # no memory plan: fresh buffers every run, nothing worth keeping
         memo = None
-    key = (id(X), id(Y), id(mem.buf), id(W), X.shape, X.strides, Y.shape, k, s, d, pb, pe, nhwc_in, nhwc_out)
+    # where the data is, not which objects hold it: a share of a batch (rzrt/batch.py, team.py) gets
+    # new views of the same bytes every run, and a freed object's id may come back for other bytes
+    key = (_address(X), _address(Y), _address(mem.buf), id(W), X.shape, X.strides, Y.shape, Y.strides, k, s, d,
+           pb, pe, nhwc_in, nhwc_out)
     plan = memo.get(key) if memo is not None else None
     if plan is None:
         plan = _channels_last_plan(X, W, k, s, d, pb, pe, osp, Y, mem, nhwc_in, nhwc_out, padded_in)

@@ -34,8 +34,11 @@ elsewhere sessions run each step whole.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import os
+import signal
 import sys
 import threading
 import weakref
@@ -170,14 +173,16 @@ class _Bell:
 
 
 class _Worker:
-    """A thread that runs parts of steps: [fn, args, kwargs] in `job`, its error in `error`."""
+    """A thread that runs parts of steps. Only the caller writes `job` and the flags; the worker
+    writes `error` and rings `done` once per job it was given (a park or stop is a job too)."""
     PARK, STOP = "park", "stop"
 
     def __init__(self, cpu):
         self.job, self.error = None, None
         self.go, self.done = _Bell(), _Bell()
         self.wake = threading.Semaphore(0)
-        self.spinning = False                       # (as the caller sees it)
+        self.spinning = False                       # woken from the semaphore, not parked since
+        self.busy = False                           # given a job whose `done` is not yet taken
         threading.Thread(target=self._serve, args=(cpu,), daemon=True, name="rzrt-batch").start()
 
     def _serve(self, cpu) -> None:
@@ -187,31 +192,38 @@ class _Worker:
             while True:
                 self.go.wait()                      # among shared steps: spinning, ready in ~3 us
                 job = self.job
-                if job in (self.PARK, self.STOP):
+                if job is self.PARK or job is self.STOP:
                     self.done.ring()
-                    if job == self.STOP:
+                    if job is self.STOP:
                         return
                     break
-                fn, args, kwargs = job
                 try:
-                    fn(*args, **kwargs)
+                    context, fn, args, kwargs = job
+                    context.run(fn, *args, **kwargs)     # the caller's context: np.errstate, say
                 except BaseException as e:          # noqa: BLE001 - the caller raises it, with the node's name
                     self.error = e
-                self.job = None
                 self.done.ring()
 
     def post(self, job) -> None:
+        self.finish()
         if not self.spinning:
             self.wake.release()
             self.spinning = True
         self.job = job
+        self.busy = True
         self.go.ring()
 
-    def park(self) -> None:
-        if self.spinning:
-            self.job = self.PARK
-            self.go.ring()
+    def finish(self) -> None:
+        """Wait until the job given is done (nothing to wait for if none is)."""
+        if self.busy:
             self.done.wait()
+            self.busy = False
+
+    def park(self) -> None:
+        self.finish()
+        if self.spinning:
+            self.post(self.PARK)
+            self.finish()
             self.spinning = False
 
     def stop(self) -> None:
@@ -220,6 +232,19 @@ class _Worker:
             self.wake.release()
         self.job = self.STOP
         self.go.ring()
+
+
+_ACTIVE = threading.Lock()      # held by the run sharing a batch now: BLAS's thread count and the
+                                # cores are the process's, so two sessions never share at once
+
+
+def _after_fork_in_child() -> None:
+    global _ACTIVE
+    _ACTIVE = threading.Lock()      # (a fork taken while a run held it would leave it held for good)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class BatchExecutor(Executor):
@@ -232,57 +257,115 @@ class BatchExecutor(Executor):
         sizes = [s.scratch.size for s in steps if id(s) in self._split_ids and s.scratch is not None]
         self._scratch = [np.empty(max(sizes, default=0), np.uint8) for _ in range(ranks - 1)]
         self._workers = []          # started at the first shared step
-        self._blas_saved = None     # BLAS's thread counts while the shared steps hold it at 1
-        self._mask = None           # this thread's CPU mask before it was pinned for the shared steps
+        self._holding = False       # this run holds _ACTIVE: BLAS at one thread, this thread pinned
+        self._blas_saved = None     # BLAS's thread counts before
+        self._mask = None           # this thread's CPU mask before
+        self._pid = os.getpid()
         self.shared_steps = 0       # steps run shared so far (tests and curious users)
         cores = sorted(os.sched_getaffinity(0))
         self.cpus = cores[:ranks]   # one core per thread while it works
 
     def execute(self, feeds: dict) -> dict:
+        if os.getpid() != self._pid:                # a forked child: the worker threads stayed behind
+            self._workers, self._holding, self._pid = [], False, os.getpid()
         try:
             return super().execute(feeds)
         finally:
-            self._rest()
+            with _interrupts_deferred():
+                self._rest()
 
     def call_kernel(self, step, args):
         x = args[0] if args else None
         if id(step) not in self._split_ids or not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] < 2:
-            if self._workers and _heavy(step, args):
-                self._rest()                        # BLAS on every core for it, the workers off them
+            if self._holding and _heavy(step, args):
+                with _interrupts_deferred():
+                    self._rest()                    # BLAS on every core for it, the workers off them
             return super().call_kernel(step, args)
-        if self._blas_saved is None:                # the workers wake: BLAS on one thread, this one pinned
-            self._blas_saved = team._blas(1)
-            self._mask = _pin(self.cpus[0])
+        with _interrupts_deferred():                # (a Ctrl-C waits for the end of the step)
+            if not self._holding and not self._take():
+                return super().call_kernel(step, args)     # another session shares a batch now: whole
+            return self._shared(step, args)
+
+    def _take(self) -> bool:
+        """Hold _ACTIVE and set up for shared steps; False (and nothing changed) where that fails."""
+        if not _ACTIVE.acquire(blocking=False):
+            return False
+        self._blas_saved = team._blas(1)
+        if any(c.num_threads != 1 for c in team._BLAS):     # a set from a non-main thread may not
+            team._blas(self._blas_saved)                    # take (OpenBLAS 0.3.31): run whole
+            _ACTIVE.release()
+            return False
+        self._mask = _pin(self.cpus[0])
+        self._holding = True
         if not self._workers:
             self._workers = [_Worker(cpu) for cpu in self.cpus[1:]]
             weakref.finalize(self, _stop, list(self._workers)).atexit = False
+        return True
+
+    def _shared(self, step, args):
         self.shared_steps += 1
         kwargs = self.kernel_kwargs(step)
         out = step.out if step.out is not None else np.empty(*step.out_spec)
-        for r, w in enumerate(self._workers, 1):
-            scratch = self._scratch[r - 1][:step.scratch.size] if step.scratch is not None else None
-            w.post((step.kernel.fn, args, dict(kwargs, out=out, scratch=scratch, _part=(r, self.ranks))))
+        context = contextvars.copy_context()
         try:
-            step.kernel.fn(*args, **dict(kwargs, out=out, scratch=step.scratch, _part=(0, self.ranks)))
+            for r, w in enumerate(self._workers, 1):
+                part = dict(kwargs, out=out, _part=(r, self.ranks))
+                if step.scratch is not None:
+                    part["scratch"] = self._scratch[r - 1][:step.scratch.size]
+                w.post((context, step.kernel.fn, args, part))
+            mine = dict(kwargs, out=out, _part=(0, self.ranks))
+            if step.scratch is not None:
+                mine["scratch"] = step.scratch
+            step.kernel.fn(*args, **mine)
         finally:
+            errors = []
             for w in self._workers:                 # every part is in `out` (or failed) before we go on
-                w.done.wait()
-        for w in self._workers:
-            if w.error is not None:
-                error, w.error = w.error, None
-                raise error
+                w.finish()
+                if w.error is not None:             # taken now, even when rank 0 failed too
+                    errors.append(w.error)
+                    w.error = None
+        if errors:
+            raise errors[0]
         return out
 
     def _rest(self) -> None:
-        """The workers asleep and BLAS on every core again (before a BLAS step, after the run)."""
+        """The workers asleep, this thread unpinned and BLAS on every core again (before a BLAS
+        step, after the run)."""
         for w in self._workers:
             w.park()
-        if self._blas_saved is not None:
-            team._blas(self._blas_saved)
-            self._blas_saved = None
-            if self._mask is not None:              # unpinned: BLAS's own threads go where they like
+        if self._holding:
+            if self._mask is not None:
                 _unpin(self._mask)
                 self._mask = None
+            team._blas(self._blas_saved)
+            self._blas_saved = None
+            self._holding = False
+            _ACTIVE.release()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C (in the main thread, where Python raises it) held back until the block is done, so
+    the hand-over between the threads is never cut in half: a worker left with a job nobody
+    waits for, or BLAS left at one thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda sig, frame: caught.append(frame))
+    except ValueError:                              # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if caught:
+            if callable(old):
+                old(signal.SIGINT, caught[0])
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _pin(cpu):

@@ -202,10 +202,10 @@ class InferenceSession:
             ex = ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
         elif ranks > 1:
             ex = team.TeamExecutor(steps, constants, g.output_names, arena, ranks, [v.name for v in g.inputs])
-        elif batch.SPLIT_IMAGES and batch.ranks_for(self.threads) > 1 and any(
-                shape and shape[0] > 1 for shape, _ in feed_info.values()) and batch.shared_steps(
-                steps, {**g.initializers, **folded}, batch.ranks_for(self.threads)):     # images shared among threads
-            ex = batch.BatchExecutor(steps, constants, g.output_names, arena, batch.ranks_for(self.threads))
+        elif batch.SPLIT_IMAGES and min(batch.ranks_for(self.threads), _images(feed_info)) > 1 and batch.shared_steps(
+                steps, constants, min(batch.ranks_for(self.threads), _images(feed_info))):  # images shared among threads
+            ex = batch.BatchExecutor(steps, constants, g.output_names, arena,
+                                     min(batch.ranks_for(self.threads), _images(feed_info)))
         else:
             ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes
@@ -260,6 +260,11 @@ def _session_table(custom_ops) -> dict | None:
                              f"it in this session")
         registry.add(k, table, override=True)
     return table
+
+
+def _images(feed_info: dict) -> int:
+    """The batch: the largest leading dimension among the inputs (1 when none has one)."""
+    return max((shape[0] for shape, _ in feed_info.values() if shape), default=1)
 
 
 def _thread_limiter(threads):

@@ -156,3 +156,147 @@ def test_all_or_none(monkeypatch, middle, shared):
     assert rel_err(s.run(None, {"x": x})[0], rzrt.InferenceSession(m, level=0, threads=1).run(None, {"x": x})[0]) < 1e-6
     monkeypatch.setattr(batch, "MIN_PART_MS", 1e9)
     assert not isinstance(executor(rzrt.InferenceSession(m, level=0), 4), batch.BatchExecutor)
+
+
+def conv_model() -> bytes:
+    """x (N, 8, 16, 16) -> Conv 3x3 -> y."""
+    w = np.random.default_rng(0).standard_normal((8, 8, 3, 3)).astype(np.float32)
+    g = h.make_graph([h.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], "m",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 8, 16, 16])],
+                     [h.make_tensor_value_info("y", TP.FLOAT, None)], initializer=[numpy_helper.from_array(w, "w")])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def patched(s, x, fn):
+    """s's shared step with its kernel function replaced by fn(real, *args, **kwargs)."""
+    import dataclasses
+    step = executor(s, x.shape[0]).steps[0]
+    real = step.kernel.fn
+    step.kernel = dataclasses.replace(step.kernel, fn=lambda *a, **kw: fn(real, *a, **kw))
+    return lambda: setattr(step, "kernel", dataclasses.replace(step.kernel, fn=real))
+
+
+@two_cores
+def test_errors_of_every_rank_are_taken_in_their_run(monkeypatch):
+    """Both ranks fail in one step: the run raises rank 0's error and drops the worker's, which must
+    not come back in the next, good run (review finding)."""
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    s, x = rzrt.InferenceSession(conv_model(), level=0), np.ones((4, 8, 16, 16), np.float32)
+    want = s.run(None, {"x": x})[0]
+
+    def bad(real, *a, _part=None, **kw):
+        raise ValueError(f"bad data seen by rank {_part[0]}")
+    undo = patched(s, x, bad)
+    with pytest.raises(KernelError, match="rank 0"):
+        s.run(None, {"x": x})
+    undo()
+    np.testing.assert_array_equal(s.run(None, {"x": x})[0], want)
+
+
+@two_cores
+def test_ctrl_c_during_a_shared_step_leaves_the_session_whole(monkeypatch):
+    """A Ctrl-C that arrives while the threads share a step is held until the step is done: the run
+    raises KeyboardInterrupt, BLAS and the worker are as they were, and the next run is right."""
+    import signal
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    s, x = rzrt.InferenceSession(conv_model(), level=0), np.ones((4, 8, 16, 16), np.float32)
+    want, before = s.run(None, {"x": x})[0], blas_threads()
+
+    def interrupted(real, *a, _part=None, **kw):
+        if _part[0] == 0:
+            signal.raise_signal(signal.SIGINT)       # the handler runs in this (the main) thread
+        return real(*a, _part=_part, **kw)
+    undo = patched(s, x, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.run(None, {"x": x})
+    undo()
+    assert blas_threads() == before
+    np.testing.assert_array_equal(s.run(None, {"x": x})[0], want)
+
+
+@two_cores
+def test_a_forked_child_runs_the_parents_session(monkeypatch):
+    """In a fork (multiprocessing on Linux) the worker threads stayed with the parent: the child
+    starts its own instead of waiting for them forever."""
+    import os
+    import time
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    s, x = rzrt.InferenceSession(conv_model(), level=0), np.ones((4, 8, 16, 16), np.float32)
+    want = s.run(None, {"x": x})[0]
+    pid = os.fork()
+    if pid == 0:
+        code = 0 if np.array_equal(s.run(None, {"x": x})[0], want) else 3
+        os._exit(code)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.02)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung")
+
+
+@two_cores
+def test_two_sessions_at_once_share_in_turn(monkeypatch):
+    """Two sessions run from two threads at once: one shares its batch, the other runs whole while it
+    does (BLAS's thread count and the cores are the process's), and BLAS ends as it began."""
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    x = np.random.default_rng(5).standard_normal((4, 8, 16, 16)).astype(np.float32)
+    want = rzrt.InferenceSession(conv_model(), level=0, threads=1).run(None, {"x": x})[0]
+    sessions = [rzrt.InferenceSession(conv_model(), level=0) for _ in range(2)]
+    before, results = blas_threads(), []
+
+    def runs(s):
+        for _ in range(30):
+            results.append(rel_err(s.run(None, {"x": x})[0], want))
+    threads = [threading.Thread(target=runs, args=(s,)) for s in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 60 and max(results) < 1e-6
+    assert blas_threads() == before
+
+
+@two_cores
+def test_a_custom_kernel_may_take_part_without_scratch(monkeypatch):
+    """The kernel contract: out= and _part=, no scratch=: a worker passes no scratch either."""
+    from rzrt.ops.parallel import share
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+
+    @rzrt.custom_op("Twice", domain="test", shape=lambda x: x)
+    def twice(x, *, out=None, _part=None):
+        lo, hi = share(x.shape[0], _part)
+        np.multiply(x[lo:hi], 2, out=out[lo:hi])
+        return out
+    g = h.make_graph([h.make_node("Twice", ["x"], ["y"], domain="test")], "m",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 4])], [h.make_tensor_value_info("y", TP.FLOAT, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
+    m.ir_version = 8
+    s = rzrt.InferenceSession(m.SerializeToString(), custom_ops=[twice])
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(s.run(None, {"x": x})[0], 2 * x)
+    assert executor(s, 4).shared_steps > 0
+
+
+@two_cores
+def test_channels_last_depthwise_keeps_its_plan_across_shared_runs(monkeypatch):
+    """Each rank's share is a new view every run; the depthwise's kept plan is found by where the
+    data is, so it is built once per rank, not every run (and never found for other bytes)."""
+    from rzrt.ops import depthwise
+    from test_layout import block, f32
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    built = []
+    real = depthwise._channels_last_plan
+    monkeypatch.setattr(depthwise, "_channels_last_plan", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    m, x = block(hw=14), f32(4, 16, 14, 14)
+    want = rzrt.InferenceSession(m, threads=1).run(None, {"x": x})[0]
+    s = rzrt.InferenceSession(m)
+    for _ in range(5):
+        assert rel_err(s.run(None, {"x": x})[0], want) < 1e-5
+    assert executor(s, 4).shared_steps > 0 and len(built) <= 1 + 2     # threads=1's, then one per rank
