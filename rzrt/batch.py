@@ -50,14 +50,15 @@ from rzrt.executor import Executor
 
 SPLIT_IMAGES = True     # rzrt bench --ladder turns it off for its earlier steps
 # Unshared steps the worker keeps spinning through (numpy's own loops, no BLAS: BLAS stays at one
-# thread for them); before any other step it is parked and BLAS gets every core back.
+# thread for them); before any other step it is parked and BLAS gets every core back. Between
+# shared steps there are only these (shared_steps); the others come after (a classifier's Gemm).
 LIGHT_OPS = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Add", "Sub", "Mul",
              "Div", "Max", "Min", "Neg", "Exp", "Sqrt", "Pow", "Erf", "Gelu", "Identity", "GlobalAveragePool",
              "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceSum", "ReduceMax", "Concat", "Split",
              "Slice", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Shape", "Gather", "Cast",
              "Softmax", "Dropout", "Pad", "Resize", "Expand", "Tile", "BatchNormalization",
              "LayerNormalization", "InstanceNormalization", "Silu", "Mish", "Softplus"}
-GEMM_OPS = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose"}
+GEMM_OPS = {"MatMul", "Gemm", "Conv", "FusedConv", "FusedGemm", "FusedMatMul", "ConvTranspose"}   # (counted)
 
 
 # Steps are shared only when each thread's parts are long enough, on average, to pay for the GIL
@@ -68,30 +69,8 @@ DEPTHWISE_MACS_PER_MS = 5e6  # a depthwise one's (numpy's einsum loops, not BLAS
 VALUES_PER_MS = 1e6          # output values an epilogue or a pool writes
 
 
-PARK_MS = 1.0                # an unshared GEMM this long (on one core) gets BLAS on every core
-
-
-def _heavy(step, args) -> bool:
-    """Does this unshared step want BLAS on every core? A MatMul, Gemm or convolution of at least
-    PARK_MS on one core, or any op rzrt does not know (a custom kernel may call BLAS). Light ops
-    run with the worker spinning and BLAS on one thread; a small GEMM loses little that way, and
-    parking costs a slow wake-up at the next shared step."""
-    op = step.node.op_type
-    if step.node.domain in ("", "ai.onnx") and op in LIGHT_OPS:
-        return False
-    if op not in GEMM_OPS:
-        return True
-    a, b = (args + [None, None])[:2]
-    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray) or b.ndim < 2:
-        return True
-    if "Conv" in op:
-        out = step.out_spec[0] if step.out_spec else a.shape
-        macs = int(np.prod(out)) * int(np.prod(b.shape[1:]))
-    else:
-        k = a.shape[0] if step.kwargs.get("transA") and a.ndim == 2 else a.shape[-1]
-        macs = a.size // max(k, 1) * b.size // max(b.shape[-2], 1) * k if op in ("MatMul", "FusedMatMul") \
-            else a.size * (b.shape[0] if step.kwargs.get("transB") else b.shape[-1])
-    return macs / GEMM_MACS_PER_MS >= PARK_MS
+def _light(step) -> bool:
+    return step.node.domain in ("", "ai.onnx") and step.node.op_type in LIGHT_OPS
 
 
 def shared_steps(steps, constants, ranks: int) -> set:
@@ -112,7 +91,7 @@ def shared_steps(steps, constants, ranks: int) -> set:
         return set()                                 # too little to share for the wake-up and the pinning
     for i in range(idx[0], idx[-1]):
         s = steps[i]
-        if not can[i] and not (s.node.domain in ("", "ai.onnx") and s.node.op_type in LIGHT_OPS):
+        if not can[i] and not _light(s):
             return set()
     return {id(steps[i]) for i in idx}
 
@@ -250,10 +229,10 @@ if hasattr(os, "register_at_fork"):
 class BatchExecutor(Executor):
     """Executor.run with each image-splittable step shared among `ranks` threads; see the module."""
 
-    def __init__(self, steps, constants, output_names, arena, ranks: int):
+    def __init__(self, steps, constants, output_names, arena, ranks: int, shared: set):
         super().__init__(steps, constants, output_names, arena)
         self.ranks = ranks
-        self._split_ids = shared_steps(steps, constants, ranks)
+        self._split_ids = shared                    # shared_steps(steps, constants, ranks)
         sizes = [s.scratch.size for s in steps if id(s) in self._split_ids and s.scratch is not None]
         self._scratch = [np.empty(max(sizes, default=0), np.uint8) for _ in range(ranks - 1)]
         self._workers = []          # started at the first shared step
@@ -277,7 +256,7 @@ class BatchExecutor(Executor):
     def call_kernel(self, step, args):
         x = args[0] if args else None
         if id(step) not in self._split_ids or not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] < 2:
-            if self._holding and _heavy(step, args):
+            if self._holding and not _light(step):
                 with _interrupts_deferred():
                     self._rest()                    # BLAS on every core for it, the workers off them
             return super().call_kernel(step, args)

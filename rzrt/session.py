@@ -197,15 +197,16 @@ class InferenceSession:
         if folded:
             last_uses(steps, keep=g.output_names)
         constants = {**g.initializers, **folded}
+        sharers = min(batch.ranks_for(self.threads), _images(feed_info)) if batch.SPLIT_IMAGES else 1
+        shared = batch.shared_steps(steps, constants, sharers) if sharers > 1 and ranks == 1 \
+            and not self.profiling else set()
         if self.profiling:
             from rzrt.profiler import ProfilingExecutor
             ex = ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
         elif ranks > 1:
             ex = team.TeamExecutor(steps, constants, g.output_names, arena, ranks, [v.name for v in g.inputs])
-        elif batch.SPLIT_IMAGES and min(batch.ranks_for(self.threads), _images(feed_info)) > 1 and batch.shared_steps(
-                steps, constants, min(batch.ranks_for(self.threads), _images(feed_info))):  # images shared among threads
-            ex = batch.BatchExecutor(steps, constants, g.output_names, arena,
-                                     min(batch.ranks_for(self.threads), _images(feed_info)))
+        elif shared:                  # batch > 1: each convolution's images shared among threads
+            ex = batch.BatchExecutor(steps, constants, g.output_names, arena, sharers, shared)
         else:
             ex = Executor(steps, constants, g.output_names, arena)
         ex.plan, ex.shapes = mplan, shapes
