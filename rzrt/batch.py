@@ -165,13 +165,15 @@ class _Worker:
         threading.Thread(target=self._serve, args=(cpu,), daemon=True, name="rzrt-batch").start()
 
     def _serve(self, cpu) -> None:
-        _pin(cpu)
         while True:
-            self.wake.acquire()                     # parked: asleep, off the core
+            self.wake.acquire()                     # parked: asleep, off the core, free to run anywhere
+            mask = _pin(cpu)
             while True:
                 self.go.wait()                      # among shared steps: spinning, ready in ~3 us
                 job = self.job
                 if job is self.PARK or job is self.STOP:
+                    if mask is not None:
+                        _unpin(mask)
                     self.done.ring()
                     if job is self.STOP:
                         return

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto as TP, helper as h, numpy_helper
 
 import rzrt
+from conftest import rel_err
 
 rng = np.random.default_rng(3)
 
@@ -165,10 +166,10 @@ def test_squeeze_excitation_block_runs_channels_last(silu, gate_first, hw, strid
     x = f32(n, 16, hw, hw)
     want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     s = rzrt.InferenceSession(m, level=2)
-    for _ in range(2):
-        np.testing.assert_allclose(s.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    for _ in range(2):         # (vs onnxruntime up to 1.5e-5 of the scale over 150 draws; level 0 1.2e-5)
+        np.testing.assert_allclose(s.run(None, {"x": x})[0], want, rtol=1e-4, atol=5e-5 * np.abs(want).max())
     np.testing.assert_allclose(s.run(None, {"x": x})[0], rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0],
-                               rtol=1e-5, atol=1e-5 * np.abs(want).max())
+                               rtol=1e-5, atol=5e-5 * np.abs(want).max())
     vs = s.value_shapes({"x": x.shape})
     ho = (hw - 1) // stride + 1
     assert vs["z"][0] == (n, ho, ho, 48) and vs["sq"][0] == (n, 48, 1, 1)
@@ -349,8 +350,7 @@ def test_winograd_writes_the_next_winograds_padded_input(n, hw, residual, memory
     s = rzrt.InferenceSession(m, level=2, memory_plan=memory_plan)
     for _ in range(2):                                   # the padding is zeroed on every run, not once
         got = s.run(None, {"x": x})[0]
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
+        assert rel_err(got, want) < 1e-4 and rel_err(got, plain) < 1e-4     # Winograd reassociates: 1e-4
         x = f32(n, 32, hw, hw) * 3
         want = ort.InferenceSession(m, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         plain = rzrt.InferenceSession(m, level=0).run(None, {"x": x})[0]
