@@ -276,11 +276,11 @@ class BatchExecutor(Executor):
             team._blas(self._blas_saved)                    # take (OpenBLAS 0.3.31): run whole
             _ACTIVE.release()
             return False
-        self._mask = _pin(self.cpus[0])
-        self._holding = True
-        if not self._workers:
+        if not self._workers:                      # before the pin below: a thread inherits its maker's mask
             self._workers = [_Worker(cpu) for cpu in self.cpus[1:]]
             weakref.finalize(self, _stop, list(self._workers)).atexit = False
+        self._mask = _pin(self.cpus[0])
+        self._holding = True
         return True
 
     def _shared(self, step, args):

@@ -300,3 +300,19 @@ def test_channels_last_depthwise_keeps_its_plan_across_shared_runs(monkeypatch):
     for _ in range(5):
         assert rel_err(s.run(None, {"x": x})[0], want) < 1e-5
     assert executor(s, 4).shared_steps > 0 and len(built) <= 1 + 2     # threads=1's, then one per rank
+
+
+@two_cores
+def test_after_a_shared_run_no_thread_of_the_process_is_pinned(resnet18_path):
+    """The caller is pinned while the worker works, the worker while it is awake; afterwards every
+    thread, the parked worker too, may run on every core (a worker made while its maker was pinned
+    inherited the one core, and kept it while parked)."""
+    import glob
+    import os
+    mask = os.sched_getaffinity(0)
+    s = rzrt.InferenceSession(resnet18_path)
+    for _ in range(2):
+        s.run(None, {"input": np.zeros((2, 3, 224, 224), np.float32)})
+    assert executor(s, 2).shared_steps > 0
+    for task in glob.glob("/proc/self/task/*"):
+        assert os.sched_getaffinity(int(task.rsplit("/", 1)[1])) == mask
