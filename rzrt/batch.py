@@ -19,8 +19,9 @@ Meeting after every step is what costs. A thread that blocks (a semaphore, an ev
 virtual core halt, and waking a halted core takes 0.3 ms to several ms on these machines: RegNet's
 tiny squeeze-excitation convolutions took 4 ms each that way, and the run 1.7x longer. So while
 a run is among shared steps the worker does not block: it waits in pthread_spin_lock, called
-through ctypes, which releases the GIL; a hand-over there takes ~3 us. Before a step that runs
-BLAS on its own (MatMul, Gemm, an unshared Conv) and at the end of the run the worker is parked
+through ctypes, which releases the GIL; a hand-over there takes ~3 us. Before a step that wants
+BLAS on every core (a large MatMul or Gemm, an op rzrt does not know) and at the end of the run
+the worker is parked
 (it sleeps on a semaphore, off its core), and BLAS gets every core back. Each thread is pinned to
 a core of its own while it works: a woken thread lands on its waker's core by default (wake-
 affine), and the two then shared one core until the scheduler moved one (MobileNetV2 0.94x
@@ -71,6 +72,32 @@ VALUES_PER_MS = 1e6          # output values an epilogue or a pool writes
 
 def _light(step) -> bool:
     return step.node.domain in ("", "ai.onnx") and step.node.op_type in LIGHT_OPS
+
+
+PARK_MS = 1.0          # an unshared GEMM this long on one core gets BLAS on every core
+
+
+def _heavy(step, args) -> bool:
+    """Does an unshared step after the shared ones want BLAS on every core? Any op that is not
+    light and not a GEMM rzrt knows (a custom kernel may call BLAS), or a MatMul, Gemm or
+    convolution of at least PARK_MS on one core. A classifier's last Gemm is not: run on BLAS's
+    two threads, it left OpenBLAS's worker spinning for ~0.1 s on the core the next run's shared
+    steps need, and back-to-back runs of ResNet-50 at batch 8 lost the whole gain (416-438 ms
+    against 426-429 unshared)."""
+    if _light(step):
+        return False
+    op = step.node.op_type
+    a, b = (list(args) + [None, None])[:2]
+    if op not in GEMM_OPS or step.node.domain not in ("", "ai.onnx", "rzrt") or not isinstance(a, np.ndarray) \
+            or not isinstance(b, np.ndarray) or a.ndim < 2 or b.ndim < 2:
+        return True
+    if "Conv" in op:
+        macs = int(np.prod(step.out_spec[0] if step.out_spec else a.shape)) * int(np.prod(b.shape[1:]))
+    else:                                           # MatMul / Gemm: (rows of A) x K x (columns of B)
+        k = b.shape[-1] if step.kwargs.get("transB") else b.shape[-2]
+        cols = b.shape[-2] if step.kwargs.get("transB") else b.shape[-1]
+        macs = a.size // max(k, 1) * k * cols
+    return macs / GEMM_MACS_PER_MS >= PARK_MS
 
 
 def shared_steps(steps, constants, ranks: int) -> set:
@@ -258,7 +285,7 @@ class BatchExecutor(Executor):
     def call_kernel(self, step, args):
         x = args[0] if args else None
         if id(step) not in self._split_ids or not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] < 2:
-            if self._holding and not _light(step):
+            if self._holding and _heavy(step, args):
                 with _interrupts_deferred():
                     self._rest()                    # BLAS on every core for it, the workers off them
             return super().call_kernel(step, args)

@@ -316,3 +316,19 @@ def test_after_a_shared_run_no_thread_of_the_process_is_pinned(resnet18_path):
     assert executor(s, 2).shared_steps > 0
     for task in glob.glob("/proc/self/task/*"):
         assert os.sched_getaffinity(int(task.rsplit("/", 1)[1])) == mask
+
+
+def test_which_unshared_steps_get_blas_back():
+    """After the shared steps, the worker is parked and BLAS gets every core back only for a step
+    that wants it: a GEMM of a millisecond or more on one core, or an op rzrt does not know; not for
+    a classifier's small Gemm (its BLAS threads would then spin into the next run's shared steps)."""
+    from types import SimpleNamespace as NS
+    from rzrt.batch import _heavy
+
+    def step(op, domain="", **kw):
+        return NS(node=NS(op_type=op, domain=domain), kwargs=kw, out_spec=None)
+    small = [np.zeros((8, 2048), np.float32), np.zeros((1000, 2048), np.float32)]          # 16 M MACs
+    big = [np.zeros((8, 197, 768), np.float32), np.zeros((768, 3072), np.float32)]         # 2.9 G MACs
+    assert not _heavy(step("Gemm", transB=1), small) and _heavy(step("MatMul"), big)
+    assert not _heavy(step("Relu"), small[:1]) and not _heavy(step("GlobalAveragePool"), small[:1])
+    assert _heavy(step("Probe", "test"), small[:1]) and _heavy(step("TopK"), small[:1])
