@@ -21,6 +21,7 @@ where direct convolution keeps it to the outputs whose window reads it.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -46,6 +47,7 @@ PACKED_MAX_BYTES = 24 << 20   # packed filters are kept for the session: F(4x4) 
 MIN_TILES = 32     # fewer tiles than this (a small map at batch 1): the GEMMs are too thin, and the packed
                    # filters, (m+2)^2/9 times the weights, cost more to stream from memory than they save
 _packed: dict = {}
+_packing = threading.Lock()
 
 
 def tile_size(x_shape, w_shape, group, kernel_shape, strides, dilations, pads, auto_pad, dtype) -> int:
@@ -86,14 +88,18 @@ def pack(W: np.ndarray, m: int) -> np.ndarray:
     hit = _packed.get(key)
     if hit is not None:
         return hit
-    _, G, _ = F[m]
-    a = m + 2
-    U = np.einsum("xi,kcij,yj->xyck", G, W.astype(np.float64), G).reshape(a * a, W.shape[1], W.shape[0])
-    U = np.ascontiguousarray(U.astype(W.dtype))
-    if registry.is_constant(W):
-        _packed[key] = U
-        weakref.finalize(W, _packed.pop, key, None)
-    return U
+    with _packing:                       # threads sharing a batch (rzrt/batch.py) pack each filter once
+        hit = _packed.get(key)
+        if hit is not None:
+            return hit
+        _, G, _ = F[m]
+        a = m + 2
+        U = np.einsum("xi,kcij,yj->xyck", G, W.astype(np.float64), G).reshape(a * a, W.shape[1], W.shape[0])
+        U = np.ascontiguousarray(U.astype(W.dtype))
+        if registry.is_constant(W):
+            _packed[key] = U
+            weakref.finalize(W, _packed.pop, key, None)
+        return U
 
 
 def chunks(n: int, th: int, tw: int) -> list:
