@@ -21,17 +21,17 @@ tiny squeeze-excitation convolutions took 4 ms each that way, and the run 1.7x l
 a run is among shared steps the worker does not block: it waits in pthread_spin_lock, called
 through ctypes, which releases the GIL; a hand-over there takes ~3 us. Before a step that wants
 BLAS on every core (a large MatMul or Gemm, an op rzrt does not know) and at the end of the run
-the worker is parked
-(it sleeps on a semaphore, off its core), and BLAS gets every core back. Each thread is pinned to
-a core of its own while it works: a woken thread lands on its waker's core by default (wake-
-affine), and the two then shared one core until the scheduler moved one (MobileNetV2 0.94x
-before pinning, 0.81x after).
+the worker is parked (it sleeps on a semaphore, off its core, unpinned), and BLAS gets every
+core back. Each thread is pinned to a core of its own while it works: a woken thread lands on its
+waker's core by default (wake-affine), and the two then shared one core until the scheduler moved
+one (MobileNetV2 0.94x before pinning, 0.81x after).
 
 Each kernel that takes `_part=(rank, ranks)` (Conv, FusedConv, MaxPool) computes its share of
 the images into the one output buffer; a worker uses its own scratch buffer, allocated once.
 The caller waits for every worker's part before the step is done, also when one fails, so no
-worker writes after the run has returned. Linux with glibc (spin locks, CPU affinity) only;
-elsewhere sessions run each step whole.
+worker writes after the run has returned; a Ctrl-C waits for the end of the step. One run in the
+process shares a batch at a time (BLAS's thread count and the cores are the process's). Linux
+with glibc (spin locks, CPU affinity) only; elsewhere sessions run each step whole.
 """
 from __future__ import annotations
 
