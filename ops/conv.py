@@ -232,12 +232,8 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
         _depthwise(Xp, W, k, s, d, osp, Y, mem)
         for i in range(n):
             _finish(Y[i].reshape(1, m, -1), B, Z, act, i, slice(None))
-    elif wm and Z is None:                         # bias and activation on the tiles, in cache
-        winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=lambda t: _finish_tiles(t, B, act), part=part)
     elif wm:
-        winograd.conv3x3(Xp, W, wm, Y, mem,
-                         finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols),
-                         part=part)
+        _winograd_nchw(Xp, W, B, Z, act, wm, Y, mem, part)
     else:
         _im2col_gemm(Xp, W, B, Z, act, group, k, s, d, osp, Y, mem, part=part)
     return Y
@@ -254,14 +250,8 @@ def _winograd_nhwc(X, W, B, Z, act, wm, xshape, pe, Y, mem, nhwc_in, nhwc_out, p
         Xp = X.reshape(n, h + 1 + pe[0], w + 1 + pe[1], c)
     else:
         Xp = winograd.pad_channels_last(X, pe, mem, nhwc_in)
-    epilogue = lambda t: _finish_tiles(t, B, act)        # noqa: E731
     if not nhwc_out:
-        if Z is None:
-            winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=epilogue, part=part)
-        else:
-            m = W.shape[0]
-            winograd.conv3x3(Xp, W, wm, Y, mem, part=part,
-                             finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
+        _winograd_nchw(Xp, W, B, Z, act, wm, Y, mem, part)
         return
     if Z is not None:
         raise ValueError("a residual into a channels-last Winograd output is not supported")
@@ -271,7 +261,18 @@ def _winograd_nhwc(X, W, B, Z, act, wm, xshape, pe, Y, mem, nhwc_in, nhwc_out, p
         if part is None or part[0] == 0:
             winograd.zero_border(Yp, oh, ow)
         Y = Yp[:, 1:1 + oh, 1:1 + ow]
-    winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=epilogue, part=part, channels_last=True)
+    winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=lambda t: _finish_tiles(t, B, act), part=part, channels_last=True)
+
+
+def _winograd_nchw(Xp, W, B, Z, act, wm, Y, mem, part):
+    """Winograd into an NCHW Y: bias and activation on the output tiles while they are in cache, or
+    with a residual, the whole epilogue on each band of Y's rows once written."""
+    if Z is None:
+        winograd.conv3x3(Xp, W, wm, Y, mem, epilogue=lambda t: _finish_tiles(t, B, act), part=part)
+        return
+    m = W.shape[0]
+    winograd.conv3x3(Xp, W, wm, Y, mem, part=part,
+                     finish=lambda i, cols: _finish(Y[i].reshape(1, m, -1)[:, :, cols], B, Z, act, i, cols))
 
 
 NHWC_ROWS = 4096     # pixels per GEMM band of a channels-last 1x1 output: its epilogue runs in cache
