@@ -46,7 +46,7 @@ import weakref
 
 import numpy as np
 
-from rzrt import team
+from rzrt import blas
 from rzrt.executor import Executor
 
 SPLIT_IMAGES = True     # rzrt bench --ladder turns it off for its earlier steps
@@ -298,9 +298,9 @@ class BatchExecutor(Executor):
         """Hold _ACTIVE and set up for shared steps; False (and nothing changed) where that fails."""
         if not _ACTIVE.acquire(blocking=False):
             return False
-        self._blas_saved = team._blas(1)
-        if any(c.num_threads != 1 for c in team._BLAS):     # a set from a non-main thread may not
-            team._blas(self._blas_saved)                    # take (OpenBLAS 0.3.31): run whole
+        self._blas_saved = blas.set_threads(1)
+        if any(k != 1 for k in blas.threads_now()):         # another thread's threadpoolctl limit
+            blas.set_threads(self._blas_saved)              # holds BLAS: run whole
             _ACTIVE.release()
             return False
         if not self._workers:                      # before the pin below: a thread inherits its maker's mask
@@ -345,7 +345,7 @@ class BatchExecutor(Executor):
             if self._mask is not None:
                 _unpin(self._mask)
                 self._mask = None
-            team._blas(self._blas_saved)
+            blas.set_threads(self._blas_saved)
             self._blas_saved = None
             self._holding = False
             _ACTIVE.release()

@@ -275,9 +275,8 @@ def _thread_limiter(threads):
         return contextlib.nullcontext
     if not isinstance(threads, int) or threads < 1:
         raise InputError(f"threads must be a positive integer or None, got {threads!r}")
-    from threadpoolctl import ThreadpoolController
-    controller = ThreadpoolController()
-    return lambda: controller.limit(limits=threads, user_api="blas")
+    from rzrt import blas
+    return lambda: blas.limited(threads)         # from whichever thread runs (rzrt/blas.py)
 
 
 def scratch_name(step: Step) -> str:

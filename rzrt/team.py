@@ -44,6 +44,7 @@ import weakref
 
 import numpy as np
 
+from rzrt import blas
 from rzrt.errors import KernelError, RzrtError
 from rzrt.executor import Executor
 
@@ -70,18 +71,6 @@ def aligned_bytes(n: int, shared: bool = False) -> np.ndarray:
     raw = np.frombuffer(mmap.mmap(-1, n + 64), np.uint8) if shared else np.empty(n + 64, np.uint8)
     start = (-raw.ctypes.data) % 64
     return raw[start:start + n]
-
-
-def _blas(n) -> list:
-    """Set numpy's BLAS libraries to n threads (an int, or one per library); return what they had."""
-    from threadpoolctl import ThreadpoolController
-    global _BLAS
-    if "_BLAS" not in globals():
-        _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [c.num_threads for c in _BLAS]
-    for c, k in zip(_BLAS, n if isinstance(n, list) else [n] * len(_BLAS)):
-        c.set_num_threads(k)
-    return before
 
 
 class TeamExecutor(Executor):
@@ -167,7 +156,7 @@ class TeamExecutor(Executor):
             os.sched_setaffinity(0, {self.cpus[rank]})
         except OSError:
             pass
-        _blas(1)
+        blas.set_threads(1)
         sizes = [s.scratch.size for s in self.steps if s.scratch is not None]
         own = np.empty(max(sizes, default=0), np.uint8)     # scratch is private: one buffer, a step at a time
         for s in self.steps:
@@ -208,7 +197,7 @@ class TeamExecutor(Executor):
         if any(_dead(pid) for pid, _ in self.workers):
             raise RzrtError("a worker process of this session has died; create the session again "
                             "(or use processes=1)")
-        mask, threads = os.sched_getaffinity(0), _blas(1)   # BLAS first: threads it starts inherit our mask
+        mask, threads = os.sched_getaffinity(0), blas.set_threads(1)   # BLAS first: threads it starts inherit our mask
         self.gen += 1
         gen, ctl = self.gen, self.ctl
         try:
@@ -233,7 +222,7 @@ class TeamExecutor(Executor):
             raise
         finally:
             os.sched_setaffinity(0, mask)
-            _blas(threads)
+            blas.set_threads(threads)
         return env
 
     def _leave(self, gen: int) -> None:

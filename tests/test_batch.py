@@ -332,3 +332,38 @@ def test_which_unshared_steps_get_blas_back():
     assert not _heavy(step("Gemm", transB=1), small) and _heavy(step("MatMul"), big)
     assert not _heavy(step("Relu"), small[:1]) and not _heavy(step("GlobalAveragePool"), small[:1])
     assert _heavy(step("Probe", "test"), small[:1]) and _heavy(step("TopK"), small[:1])
+
+
+@two_cores
+def test_blas_threads_are_set_from_any_thread(monkeypatch):
+    """threadpoolctl lets only the thread that first set OpenBLAS's count set it again: after a run
+    from the main thread had set it (sharing a batch sets it to 1 and back), threads=1 was ignored in
+    a run from another thread (a web server's worker), and sharing a batch there ran whole."""
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    seen = []
+
+    @rzrt.custom_op("Probe", domain="test")
+    def probe(x):
+        seen.append(blas_threads())
+        return x.copy()
+
+    x = np.random.default_rng(2).standard_normal((4, 4, 8, 8)).astype(np.float32)
+    before = blas_threads()
+    shared, one = (rzrt.InferenceSession(conv_then_matmul(), custom_ops=[probe], threads=t) for t in (None, 1))
+    want = one.run(None, {"x": x})[0]
+    assert seen.pop() == [1]
+    shared.run(None, {"x": x})                           # the main thread sets BLAS (1 and back)
+    got = {}
+
+    def elsewhere():
+        got["one"] = one.run(None, {"x": x})[0]
+        got["one seen"] = seen.pop()
+        got["shared"] = shared.run(None, {"x": x})[0]
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    assert got["one seen"] == [1]                        # threads=1 took in that thread
+    assert rel_err(got["shared"], want) < 1e-6 and executor(shared, 4).shared_steps > 0
+    assert blas_threads() == before
+    one.run(None, {"x": x})                              # and back in the main thread
+    assert seen.pop() == [1] and blas_threads() == before
