@@ -1,7 +1,7 @@
 """Per-node timing around the executor, and what to make of it.
 
 ProfilingExecutor is the executor with run_node wrapped in a clock (the kernels know
-nothing of it). Records are plain dicts; the functions below turn them into a per-op-type
+nothing of it); ProfilingBatchExecutor the same around a batch shared by threads. Records are plain dicts; the functions below turn them into a per-op-type
 table, the top nodes, a chrome trace (chrome://tracing, Perfetto) and FLOP counts.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rzrt.batch import BatchExecutor
 from rzrt.executor import Executor
 
 
@@ -42,6 +43,15 @@ class ProfilingExecutor(Executor):
                                 step.kwargs),
         })
         return outs
+
+
+class ProfilingBatchExecutor(ProfilingExecutor, BatchExecutor):
+    """A profiled run at batch > 1 shares each convolution's images among threads, as the run
+    without profiling does (rzrt/batch.py): a node's time is its wall time, both threads' parts."""
+
+    def __init__(self, steps, constants, output_names, arena, ranks: int, shared: set, sink: dict):
+        BatchExecutor.__init__(self, steps, constants, output_names, arena, ranks, shared)
+        self.sink = sink
 
 
 def _shape(value):

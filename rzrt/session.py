@@ -198,11 +198,11 @@ class InferenceSession:
             last_uses(steps, keep=g.output_names)
         constants = {**g.initializers, **folded}
         sharers = min(batch.ranks_for(self.threads), _images(feed_info)) if batch.SPLIT_IMAGES else 1
-        shared = batch.shared_steps(steps, constants, sharers) if sharers > 1 and ranks == 1 \
-            and not self.profiling else set()
-        if self.profiling:
-            from rzrt.profiler import ProfilingExecutor
-            ex = ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
+        shared = batch.shared_steps(steps, constants, sharers) if sharers > 1 and ranks == 1 else set()
+        if self.profiling:            # the run the user gets, clocked: a batch shared as without profiling
+            from rzrt.profiler import ProfilingBatchExecutor, ProfilingExecutor
+            ex = ProfilingBatchExecutor(steps, constants, g.output_names, arena, sharers, shared, self._records) \
+                if shared else ProfilingExecutor(steps, constants, g.output_names, arena, sink=self._records)
         elif ranks > 1:
             ex = team.TeamExecutor(steps, constants, g.output_names, arena, ranks, [v.name for v in g.inputs])
         elif shared:                  # batch > 1: each convolution's images shared among threads

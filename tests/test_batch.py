@@ -367,3 +367,21 @@ def test_blas_threads_are_set_from_any_thread(monkeypatch):
     assert blas_threads() == before
     one.run(None, {"x": x})                              # and back in the main thread
     assert seen.pop() == [1] and blas_threads() == before
+
+
+@two_cores
+def test_a_profiled_run_shares_its_batch_as_an_unprofiled_one(resnet18_path):
+    """profile=True times the run the user gets: at batch > 1 its convolutions are shared too, and
+    every node is recorded once per run with its wall time."""
+    s, whole = rzrt.InferenceSession(resnet18_path, profile=True), rzrt.InferenceSession(resnet18_path, threads=1)
+    x = np.random.default_rng(3).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    before = blas_threads()
+    for _ in range(2):
+        assert rel_err(s.run(None, {"input": x})[0], whole.run(None, {"input": x})[0]) < 1e-5
+    ex = executor(s, 4)
+    assert isinstance(ex, batch.BatchExecutor) and ex.shared_steps > 0
+    records = s.profile()
+    per_run = len(ex.steps)
+    assert len(records["runs"]) == 2 and len(records["nodes"]) == 2 * per_run
+    assert {r["run"] for r in records["nodes"]} == {0, 1}
+    assert blas_threads() == before
