@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     osess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    med = measure({"rzrt": lambda x: sess.run(None, {"input": x}), "onnxruntime": lambda x: osess.run(None, {"input": x})},
-                  x, args.runs, 3, settle=SETTLE)
+    fns = {"rzrt": lambda x: sess.run(None, {"input": x}), "onnxruntime": lambda x: osess.run(None, {"input": x})}
+    med = measure(fns, x, args.runs, 3, settle=SETTLE)
     del sess, osess                                         # (before numba starts its threads)
     prof = rzrt.InferenceSession(path, profile=True)
     for _ in range(args.runs + 2):
@@ -89,7 +89,8 @@ def main(argv=None) -> int:
         xp = rng.standard_normal(((h - 1) * s + 3, (w - 1) * s + 3, c)).astype(np.float32)
         wt, b = rng.standard_normal((3, 3, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
         y = np.empty((h, w, c), np.float32)
-        want = b + sum(wt[u, v] * xp[u:u + (h - 1) * s + 1:s, v:v + (w - 1) * s + 1:s] for u in range(3) for v in range(3))
+        want = b + sum(wt[u, v] * xp[u:u + (h - 1) * s + 1:s, v:v + (w - 1) * s + 1:s]
+                       for u in range(3) for v in range(3))
         ms_nb = []
         for dw3x3 in kernels:
             dw3x3(xp, wt, b, s, y)                          # compile, and check it once
@@ -106,7 +107,8 @@ def main(argv=None) -> int:
     print(f"{'all ' + str(len(depthwise)):<36} {total_np:>8.2f} {total_nb[0]:>9.2f} {total_nb[1]:>8.2f}")
 
     ort_ms = med["onnxruntime"]
-    print(f"\nMobileNetV2 batch 1 (ms): rzrt {med['rzrt']:.2f}, onnxruntime {ort_ms:.2f}, rzrt/ort {med['rzrt'] / ort_ms:.2f}")
+    print(f"\nMobileNetV2 batch 1 (ms): rzrt {med['rzrt']:.2f}, onnxruntime {ort_ms:.2f}, "
+          f"rzrt/ort {med['rzrt'] / ort_ms:.2f}")
     for label, nb in zip(("one thread", "threads"), total_nb):
         with_nb = med["rzrt"] - total_np + nb
         print(f"with numba's depthwise ({label}): rzrt {with_nb:.2f}, rzrt/ort {with_nb / ort_ms:.2f}")

@@ -1,8 +1,9 @@
 """Per-node timing around the executor, and what to make of it.
 
 ProfilingExecutor is the executor with run_node wrapped in a clock (the kernels know
-nothing of it); ProfilingBatchExecutor the same around a batch shared by threads. Records are plain dicts; the functions below turn them into a per-op-type
-table, the top nodes, a chrome trace (chrome://tracing, Perfetto) and FLOP counts.
+nothing of it); ProfilingBatchExecutor the same around a batch shared by threads. Records are
+plain dicts; the functions below turn them into a per-op-type table, the top nodes, a chrome
+trace (chrome://tracing, Perfetto) and FLOP counts.
 """
 from __future__ import annotations
 

@@ -197,7 +197,8 @@ class TeamExecutor(Executor):
         if any(_dead(pid) for pid, _ in self.workers):
             raise RzrtError("a worker process of this session has died; create the session again "
                             "(or use processes=1)")
-        mask, threads = os.sched_getaffinity(0), blas.set_threads(1)   # BLAS first: threads it starts inherit our mask
+        mask = os.sched_getaffinity(0)
+        threads = blas.set_threads(1)      # before the pin below: threads BLAS starts inherit our mask
         self.gen += 1
         gen, ctl = self.gen, self.ctl
         try:

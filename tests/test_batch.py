@@ -373,7 +373,8 @@ def test_blas_threads_are_set_from_any_thread(monkeypatch):
 def test_a_profiled_run_shares_its_batch_as_an_unprofiled_one(resnet18_path):
     """profile=True times the run the user gets: at batch > 1 its convolutions are shared too, and
     every node is recorded once per run with its wall time."""
-    s, whole = rzrt.InferenceSession(resnet18_path, profile=True), rzrt.InferenceSession(resnet18_path, threads=1)
+    s = rzrt.InferenceSession(resnet18_path, profile=True)
+    whole = rzrt.InferenceSession(resnet18_path, threads=1)
     x = np.random.default_rng(3).standard_normal((4, 3, 224, 224), dtype=np.float32)
     before = blas_threads()
     for _ in range(2):
