@@ -22,9 +22,11 @@ a run is among shared steps the worker does not block: it waits in pthread_spin_
 through ctypes, which releases the GIL; a hand-over there takes ~3 us. Before a step that wants
 BLAS on every core (a large MatMul or Gemm, an op rzrt does not know) and at the end of the run
 the worker is parked (it sleeps on a semaphore, off its core, unpinned), and BLAS gets every
-core back. Each thread is pinned to a core of its own while it works: a woken thread lands on its
-waker's core by default (wake-affine), and the two then shared one core until the scheduler moved
-one (MobileNetV2 0.94x before pinning, 0.81x after).
+core back. While they work, the caller is pinned to the core it is on and the workers to its
+other cores: a woken thread lands on its waker's core by default (wake-affine), and the two then
+shared one core until the scheduler moved one (MobileNetV2 0.94x before pinning, 0.81x after).
+The caller's own core, not a fixed first one: two processes sharing batches on a larger machine
+would otherwise both work on cores 0 and 1.
 
 Each kernel that takes `_part=(rank, ranks)` (Conv, FusedConv, MaxPool) computes its share of
 the images into the one output buffer; a worker uses its own scratch buffer, allocated once.
@@ -183,18 +185,19 @@ class _Worker:
     writes `error` and rings `done` once per job it was given (a park or stop is a job too)."""
     PARK, STOP = "park", "stop"
 
-    def __init__(self, cpu):
+    def __init__(self):
         self.job, self.error = None, None
+        self.cores = None                           # where to run while awake (the caller sets it)
         self.go, self.done = _Bell(), _Bell()
         self.wake = threading.Semaphore(0)
         self.spinning = False                       # woken from the semaphore, not parked since
         self.busy = False                           # given a job whose `done` is not yet taken
-        threading.Thread(target=self._serve, args=(cpu,), daemon=True, name="rzrt-batch").start()
+        threading.Thread(target=self._serve, daemon=True, name="rzrt-batch").start()
 
-    def _serve(self, cpu) -> None:
+    def _serve(self) -> None:
         while True:
             self.wake.acquire()                     # parked: asleep, off the core, free to run anywhere
-            mask = _pin(cpu)
+            mask = _pin(self.cores)
             while True:
                 self.go.wait()                      # among shared steps: spinning, ready in ~3 us
                 job = self.job
@@ -270,8 +273,6 @@ class BatchExecutor(Executor):
         self._mask = None           # this thread's CPU mask before
         self._pid = os.getpid()
         self.shared_steps = 0       # steps run shared so far (tests and curious users)
-        cores = sorted(os.sched_getaffinity(0))
-        self.cpus = cores[:ranks]   # one core per thread while it works
 
     def execute(self, feeds: dict) -> dict:
         if os.getpid() != self._pid:                # a forked child: the worker threads stayed behind
@@ -295,7 +296,17 @@ class BatchExecutor(Executor):
             return self._shared(step, args)
 
     def _take(self) -> bool:
-        """Hold _ACTIVE and set up for shared steps; False (and nothing changed) where that fails."""
+        """Hold _ACTIVE and set up for shared steps; False (and nothing changed) where that fails.
+        This thread is pinned to the core it runs on and the workers kept off it (pinned to the
+        rest of this thread's cores, where the scheduler balances them): a woken worker would
+        land on its waker's core, and fixed cores would put every process's threads on the same
+        first ones."""
+        try:
+            allowed = os.sched_getaffinity(0)
+        except OSError:
+            return False
+        if len(allowed) < 2:                       # this thread was given one core: it runs alone
+            return False
         if not _ACTIVE.acquire(blocking=False):
             return False
         self._blas_saved = blas.set_threads(1)
@@ -304,9 +315,12 @@ class BatchExecutor(Executor):
             _ACTIVE.release()
             return False
         if not self._workers:                      # before the pin below: a thread inherits its maker's mask
-            self._workers = [_Worker(cpu) for cpu in self.cpus[1:]]
+            self._workers = [_Worker() for _ in range(self.ranks - 1)]
             weakref.finalize(self, _stop, list(self._workers)).atexit = False
-        self._mask = _pin(self.cpus[0])
+        here = _current_core(allowed)
+        for w in self._workers:
+            w.cores = allowed - {here}             # (read when the worker wakes, after this)
+        self._mask = _pin({here})
         self._holding = True
         return True
 
@@ -376,11 +390,22 @@ def _interrupts_deferred():
                 os.kill(os.getpid(), signal.SIGINT)
 
 
-def _pin(cpu):
-    """Pin the calling thread to one core; return its mask before (None where that is not possible)."""
+def _current_core(allowed: set) -> int:
+    """The core this thread runs on (glibc's sched_getcpu), or the first it may run on."""
+    try:
+        here = LIBC.sched_getcpu()
+    except AttributeError:
+        return min(allowed)
+    return here if here in allowed else min(allowed)
+
+
+def _pin(cores):
+    """Pin the calling thread to these cores; return its mask before (None where that is not possible)."""
+    if not cores:
+        return None
     try:
         mask = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, cores)
         return mask
     except (OSError, AttributeError):
         return None

@@ -386,3 +386,49 @@ def test_a_profiled_run_shares_its_batch_as_an_unprofiled_one(resnet18_path):
     assert len(records["runs"]) == 2 and len(records["nodes"]) == 2 * per_run
     assert {r["run"] for r in records["nodes"]} == {0, 1}
     assert blas_threads() == before
+
+
+def _affinity_probe():
+    """A model whose one step records, per part, which cores its thread may run on."""
+    seen = {}
+
+    @rzrt.custom_op("Where", domain="test", shape=lambda x: x)
+    def where(x, *, out=None, _part=None):
+        import os
+        seen[(_part or (0, 1))[0]] = os.sched_getaffinity(0)
+        np.copyto(out, x)
+        return out
+    g = h.make_graph([h.make_node("Where", ["x"], ["y"], domain="test")], "m",
+                     [h.make_tensor_value_info("x", TP.FLOAT, ["N", 4])], [h.make_tensor_value_info("y", TP.FLOAT, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
+    m.ir_version = 8
+    return rzrt.InferenceSession(m.SerializeToString(), custom_ops=[where]), seen
+
+
+@two_cores
+def test_the_caller_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
+    """The caller is pinned to the core it is on (not to a fixed first core: every process would
+    then work on the same two), the worker to the caller's other cores; a caller given one core
+    runs alone."""
+    import os
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    mask = os.sched_getaffinity(0)
+    try:
+        for core in sorted(mask)[:2]:                    # sched_getcpu, where a thread may run on one core
+            os.sched_setaffinity(0, {core})
+            assert batch._current_core(mask) == core
+        os.sched_setaffinity(0, mask)
+        s, seen = _affinity_probe()
+        x = np.ones((4, 4), np.float32)
+        for core in sorted(mask)[:2]:
+            monkeypatch.setattr(batch, "_current_core", lambda allowed, core=core: core)
+            seen.clear()
+            s.run(None, {"x": x})
+            assert seen == {0: {core}, 1: mask - {core}}
+        shared = executor(s, 4).shared_steps
+        os.sched_setaffinity(0, {sorted(mask)[-1]})      # one core: nothing to share it with
+        seen.clear()
+        s.run(None, {"x": x})
+        assert set(seen) == {0} and executor(s, 4).shared_steps == shared
+    finally:
+        os.sched_setaffinity(0, mask)
