@@ -297,10 +297,7 @@ class BatchExecutor(Executor):
 
     def _take(self) -> bool:
         """Hold _ACTIVE and set up for shared steps; False (and nothing changed) where that fails.
-        This thread is pinned to the core it runs on and the workers kept off it (pinned to the
-        rest of this thread's cores, where the scheduler balances them): a woken worker would
-        land on its waker's core, and fixed cores would put every process's threads on the same
-        first ones."""
+        This thread is pinned to the core it runs on, the workers to its other cores (see above)."""
         try:
             allowed = os.sched_getaffinity(0)
         except OSError:
