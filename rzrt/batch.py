@@ -23,10 +23,8 @@ through ctypes, which releases the GIL; a hand-over there takes ~3 us. Before a 
 BLAS on every core (a large MatMul or Gemm, an op rzrt does not know) and at the end of the run
 the worker is parked (it sleeps on a semaphore, off its core, unpinned), and BLAS gets every
 core back. While they work, the caller is pinned to the core it is on and the workers to its
-other cores: a woken thread lands on its waker's core by default (wake-affine), and the two then
-shared one core until the scheduler moved one (MobileNetV2 0.94x before pinning, 0.81x after).
-The caller's own core, not a fixed first one: two processes sharing batches on a larger machine
-would otherwise both work on cores 0 and 1.
+other cores (rzrt/cores.py): without pinning, a woken worker shared its waker's core until the
+scheduler moved one (MobileNetV2 0.94x before pinning, 0.81x after).
 
 Each kernel that takes `_part=(rank, ranks)` (Conv, FusedConv, MaxPool) computes its share of
 the images into the one output buffer; a worker uses its own scratch buffer, allocated once.
@@ -48,7 +46,7 @@ import weakref
 
 import numpy as np
 
-from rzrt import blas
+from rzrt import blas, cores
 from rzrt.executor import Executor
 
 SPLIT_IMAGES = True     # rzrt bench --ladder turns it off for its earlier steps
@@ -197,13 +195,13 @@ class _Worker:
     def _serve(self) -> None:
         while True:
             self.wake.acquire()                     # parked: asleep, off the core, free to run anywhere
-            mask = _pin(self.cores)
+            mask = cores.pin(self.cores)
             while True:
                 self.go.wait()                      # among shared steps: spinning, ready in ~3 us
                 job = self.job
                 if job is self.PARK or job is self.STOP:
                     if mask is not None:
-                        _unpin(mask)
+                        cores.unpin(mask)
                     self.done.ring()
                     if job is self.STOP:
                         return
@@ -297,11 +295,8 @@ class BatchExecutor(Executor):
 
     def _take(self) -> bool:
         """Hold _ACTIVE and set up for shared steps; False (and nothing changed) where that fails.
-        This thread is pinned to the core it runs on, the workers to its other cores (see above)."""
-        try:
-            allowed = os.sched_getaffinity(0)
-        except OSError:
-            return False
+        This thread is pinned to the core it runs on, the workers to its other cores (cores.py)."""
+        allowed = cores.allowed()
         if len(allowed) < 2:                       # this thread was given one core: it runs alone
             return False
         if not _ACTIVE.acquire(blocking=False):
@@ -314,10 +309,10 @@ class BatchExecutor(Executor):
         if not self._workers:                      # before the pin below: a thread inherits its maker's mask
             self._workers = [_Worker() for _ in range(self.ranks - 1)]
             weakref.finalize(self, _stop, list(self._workers)).atexit = False
-        here = _current_core(allowed)
+        here = cores.current(allowed)
         for w in self._workers:
             w.cores = allowed - {here}             # (read when the worker wakes, after this)
-        self._mask = _pin({here})
+        self._mask = cores.pin({here})
         self._holding = True
         return True
 
@@ -353,9 +348,8 @@ class BatchExecutor(Executor):
         for w in self._workers:
             w.park()
         if self._holding:
-            if self._mask is not None:
-                _unpin(self._mask)
-                self._mask = None
+            cores.unpin(self._mask)
+            self._mask = None
             blas.set_threads(self._blas_saved)
             self._blas_saved = None
             self._holding = False
@@ -385,34 +379,6 @@ def _interrupts_deferred():
                 old(signal.SIGINT, caught[0])
             elif old == signal.SIG_DFL:
                 os.kill(os.getpid(), signal.SIGINT)
-
-
-def _current_core(allowed: set) -> int:
-    """The core this thread runs on (glibc's sched_getcpu), or the first it may run on."""
-    try:
-        here = LIBC.sched_getcpu()
-    except AttributeError:
-        return min(allowed)
-    return here if here in allowed else min(allowed)
-
-
-def _pin(cores):
-    """Pin the calling thread to these cores; return its mask before (None where that is not possible)."""
-    if not cores:
-        return None
-    try:
-        mask = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, cores)
-        return mask
-    except (OSError, AttributeError):
-        return None
-
-
-def _unpin(mask) -> None:
-    try:
-        os.sched_setaffinity(0, mask)
-    except OSError:
-        pass
 
 
 def _stop(workers) -> None:

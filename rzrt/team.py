@@ -30,8 +30,8 @@ every worker has said it left it (DONE): no worker may still write into the aren
 Only a step whose every input the workers can see is split: constants (the fork copied them),
 the graph inputs (copied into shared memory each run) and outputs planned in the arena.
 Linux only (fork, CPU affinity); elsewhere, or with one core, the session runs as one process.
-Every team pins its ranks to the first cores the process may use: two processes each with a
-team share those cores.
+While a run lasts, rank 0 is pinned to the core it is on (CORE) and the workers to its other
+cores (rzrt/cores.py), so two processes with a team each do not both work on the first cores.
 """
 from __future__ import annotations
 
@@ -44,12 +44,12 @@ import weakref
 
 import numpy as np
 
-from rzrt import blas
+from rzrt import blas, cores
 from rzrt.errors import KernelError, RzrtError
 from rzrt.executor import Executor
 
-GEN, ERROR, ABORT, JOIN = 0, 8, 16, 24        # int64 slots of the control block, a cache line apart
-READY, SLEEP, PROGRESS, DONE = 32, 40, 48, 56  # per rank r: slot + 32 * r
+GEN, ERROR, ABORT, JOIN, CORE = 0, 8, 16, 24, 32   # int64 slots of the control block, a cache line apart
+READY, SLEEP, PROGRESS, DONE = 40, 48, 56, 64       # per rank r: slot + 32 * r
 PER_RANK = 32
 STEP = 1 << 20                                 # progress = generation * STEP + steps done
 MESSAGE = 4096                                 # bytes for a worker's error message
@@ -80,8 +80,7 @@ class TeamExecutor(Executor):
         super().__init__(steps, constants, output_names, arena)
         self.ranks = ranks
         self.rank = 0
-        self.cpus = sorted(os.sched_getaffinity(0))[:ranks]
-        self.ctl = aligned_bytes(8 * (PROGRESS + PER_RANK * ranks), shared=True).view(np.int64)
+        self.ctl = aligned_bytes(8 * (DONE + PER_RANK * ranks), shared=True).view(np.int64)
         self.ctl[:] = 0
         self.message = aligned_bytes(MESSAGE, shared=True)
         self.inputs = {}                   # graph input -> its shared copy, made at the first run
@@ -152,10 +151,7 @@ class TeamExecutor(Executor):
         self.rank, self.workers, self._finalizer = rank, [], None
         from rzrt.ops import parallel
         parallel.reset_after_fork()                      # the caller's thread pool did not come along
-        try:
-            os.sched_setaffinity(0, {self.cpus[rank]})
-        except OSError:
-            pass
+        allowed, away_from = cores.allowed(), None      # (the caller's cores: it was not pinned at the fork)
         blas.set_threads(1)
         sizes = [s.scratch.size for s in self.steps if s.scratch is not None]
         own = np.empty(max(sizes, default=0), np.uint8)     # scratch is private: one buffer, a step at a time
@@ -178,6 +174,9 @@ class TeamExecutor(Executor):
                 if gen == served:                        # a second wake for a run already served
                     continue
             served = gen
+            if ctl[CORE] != away_from and len(allowed - {int(ctl[CORE])}) > 0:
+                away_from = int(ctl[CORE])               # off rank 0's core (set before GEN)
+                cores.pin(allowed - {away_from})
             try:
                 self._steps(dict(env0), gen, parent)
             except _Aborted:
@@ -197,11 +196,13 @@ class TeamExecutor(Executor):
         if any(_dead(pid) for pid, _ in self.workers):
             raise RzrtError("a worker process of this session has died; create the session again "
                             "(or use processes=1)")
-        mask = os.sched_getaffinity(0)
+        mask = cores.allowed()
         threads = blas.set_threads(1)      # before the pin below: threads BLAS starts inherit our mask
         self.gen += 1
         gen, ctl = self.gen, self.ctl
+        before = None
         try:
+            ctl[CORE] = cores.current(mask) if mask else -1     # where rank 0 works this run
             ctl[GEN] = gen                 # wake the workers first: they take a while
             for r, (_, w) in enumerate(self.workers, 1):
                 if ctl[SLEEP + PER_RANK * r]:
@@ -212,17 +213,14 @@ class TeamExecutor(Executor):
                 np.copyto(buf, feeds[n])
                 env[n] = buf
             ctl[PROGRESS] = gen * STEP     # the inputs are in place: step 0 may start
-            try:
-                os.sched_setaffinity(0, {self.cpus[0]})
-            except OSError:
-                pass
+            before = cores.pin({int(ctl[CORE])} if mask else None)
             self._steps(env, gen, None)
         except BaseException:
             ctl[ABORT] = gen               # the workers drop the run at their next check ...
             self._leave(gen)               # ... and rank 0 returns only once they have
             raise
         finally:
-            os.sched_setaffinity(0, mask)
+            cores.unpin(before)
             blas.set_threads(threads)
         return env
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto as TP, helper as h, numpy_helper
 
 import rzrt
-from rzrt import batch
+from rzrt import batch, cores
 from rzrt.errors import KernelError
 from conftest import rel_err
 
@@ -416,12 +416,12 @@ def test_the_caller_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
     try:
         for core in sorted(mask)[:2]:                    # sched_getcpu, where a thread may run on one core
             os.sched_setaffinity(0, {core})
-            assert batch._current_core(mask) == core
+            assert cores.current(mask) == core
         os.sched_setaffinity(0, mask)
         s, seen = _affinity_probe()
         x = np.ones((4, 4), np.float32)
         for core in sorted(mask)[:2]:
-            monkeypatch.setattr(batch, "_current_core", lambda allowed, core=core: core)
+            monkeypatch.setattr(cores, "current", lambda among, core=core: core)
             seen.clear()
             s.run(None, {"x": x})
             assert seen == {0: {core}, 1: mask - {core}}

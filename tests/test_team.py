@@ -283,3 +283,33 @@ def test_a_forked_child_exiting_leaves_its_parents_workers_alone(resnet18_path):
         os._exit(0)
     os.waitpid(pid, 0)
     assert sess.run(None, {"input": x})[0].shape == (1, 1000)
+
+
+@needs_team
+def test_rank_0_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
+    """While a run lasts rank 0 is pinned to the core it is on and the worker process to rank 0's
+    other cores (not to fixed first cores: two processes with a team would both work on them)."""
+    from onnx import TensorProto as TP, helper as h
+    from rzrt import cores
+    from rzrt.ops.parallel import share
+
+    @rzrt.custom_op("Where", domain="test", shape=lambda x: x)
+    def where(x, *, out=None, _part=None):          # each rank's rows: the cores it may run on, as bits
+        lo, hi = share(x.shape[0], _part)
+        out[lo:hi] = sum(1 << c for c in os.sched_getaffinity(0))
+        return out
+    g = h.make_graph([h.make_node("Where", ["x"], ["w"], domain="test"), h.make_node("Neg", ["w"], ["y"])], "m",
+                     [h.make_tensor_value_info("x", TP.INT64, ["N", 1])], [h.make_tensor_value_info("y", TP.INT64, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
+    m.ir_version = 8
+    s = rzrt.InferenceSession(m.SerializeToString(), custom_ops=[where], processes=2)
+    mask = os.sched_getaffinity(0)
+    bits = lambda cs: sum(1 << c for c in cs)      # noqa: E731
+    for core in sorted(mask)[:2] * 2:                # the core rank 0 finds itself on, run after run
+        monkeypatch.setattr(cores, "current", lambda among, core=core: core)
+        for _ in range(50):                          # until the worker joins a run (it may be asleep)
+            y = -s.run(None, {"x": np.zeros((4, 1), np.int64)})[0].ravel()     # (w is in the arena)
+            if y[-1] != y[0]:
+                break
+        assert list(y) == [bits({core})] * 2 + [bits(mask - {core})] * 2
+    assert os.sched_getaffinity(0) == mask
