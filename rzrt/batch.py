@@ -267,7 +267,7 @@ class BatchExecutor(Executor):
         self._scratch = [np.empty(max(sizes, default=0), np.uint8) for _ in range(ranks - 1)]
         self._workers = []          # started at the first shared step
         self._holding = False       # this run holds _ACTIVE: BLAS at one thread, this thread pinned
-        self._blas_saved = None     # BLAS's thread counts before
+        self._blas = None           # our hold on BLAS's thread count (rzrt/blas.py)
         self._mask = None           # this thread's CPU mask before
         self._pid = os.getpid()
         self.shared_steps = 0       # steps run shared so far (tests and curious users)
@@ -278,8 +278,12 @@ class BatchExecutor(Executor):
         try:
             return super().execute(feeds)
         finally:
-            with _interrupts_deferred():
+            try:
+                with _interrupts_deferred():
+                    self._rest()
+            except KeyboardInterrupt:               # one that came before the deferral was in place
                 self._rest()
+                raise
 
     def call_kernel(self, step, args):
         x = args[0] if args else None
@@ -299,16 +303,17 @@ class BatchExecutor(Executor):
         allowed = cores.allowed()
         if len(allowed) < 2:                       # this thread was given one core: it runs alone
             return False
-        if not _ACTIVE.acquire(blocking=False):
-            return False
-        self._blas_saved = blas.set_threads(1)
-        if any(k != 1 for k in blas.threads_now()):         # another thread's threadpoolctl limit
-            blas.set_threads(self._blas_saved)              # holds BLAS: run whole
-            _ACTIVE.release()
-            return False
         if not self._workers:                      # before the pin below: a thread inherits its maker's mask
             self._workers = [_Worker() for _ in range(self.ranks - 1)]
             weakref.finalize(self, _stop, list(self._workers)).atexit = False
+        if not _ACTIVE.acquire(blocking=False):
+            return False
+        self._blas = blas.hold(1)
+        if any(k != 1 for k in blas.threads_now()):         # another thread's threadpoolctl limit
+            blas.release(self._blas)                        # holds BLAS: run whole
+            self._blas = None
+            _ACTIVE.release()
+            return False
         here = cores.current(allowed)
         for w in self._workers:
             w.cores = allowed - {here}             # (read when the worker wakes, after this)
@@ -350,8 +355,8 @@ class BatchExecutor(Executor):
         if self._holding:
             cores.unpin(self._mask)
             self._mask = None
-            blas.set_threads(self._blas_saved)
-            self._blas_saved = None
+            blas.release(self._blas)
+            self._blas = None
             self._holding = False
             _ACTIVE.release()
 

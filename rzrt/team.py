@@ -197,10 +197,9 @@ class TeamExecutor(Executor):
             raise RzrtError("a worker process of this session has died; create the session again "
                             "(or use processes=1)")
         mask = cores.allowed()
-        threads = blas.set_threads(1)      # before the pin below: threads BLAS starts inherit our mask
+        held = blas.hold(1)                # before the pin below: threads BLAS starts inherit our mask
         self.gen += 1
         gen, ctl = self.gen, self.ctl
-        before = None
         try:
             ctl[CORE] = cores.current(mask) if mask else -1     # where rank 0 works this run
             ctl[GEN] = gen                 # wake the workers first: they take a while
@@ -213,15 +212,15 @@ class TeamExecutor(Executor):
                 np.copyto(buf, feeds[n])
                 env[n] = buf
             ctl[PROGRESS] = gen * STEP     # the inputs are in place: step 0 may start
-            before = cores.pin({int(ctl[CORE])} if mask else None)
+            cores.pin({int(ctl[CORE])} if mask else None)
             self._steps(env, gen, None)
         except BaseException:
             ctl[ABORT] = gen               # the workers drop the run at their next check ...
             self._leave(gen)               # ... and rank 0 returns only once they have
             raise
         finally:
-            cores.unpin(before)
-            blas.set_threads(threads)
+            cores.unpin(mask or None)      # (what we had, also when a Ctrl-C cut the pin short)
+            blas.release(held)
         return env
 
     def _leave(self, gen: int) -> None:

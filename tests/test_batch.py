@@ -359,11 +359,12 @@ def test_blas_threads_are_set_from_any_thread(monkeypatch):
         got["one"] = one.run(None, {"x": x})[0]
         got["one seen"] = seen.pop()
         got["shared"] = shared.run(None, {"x": x})[0]
+    steps_before = executor(shared, 4).shared_steps
     t = threading.Thread(target=elsewhere)
     t.start()
     t.join()
     assert got["one seen"] == [1]                        # threads=1 took in that thread
-    assert rel_err(got["shared"], want) < 1e-6 and executor(shared, 4).shared_steps > 0
+    assert rel_err(got["shared"], want) < 1e-6 and executor(shared, 4).shared_steps > steps_before
     assert blas_threads() == before
     one.run(None, {"x": x})                              # and back in the main thread
     assert seen.pop() == [1] and blas_threads() == before
@@ -432,3 +433,64 @@ def test_the_caller_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
         assert set(seen) == {0} and executor(s, 4).shared_steps == shared
     finally:
         os.sched_setaffinity(0, mask)
+
+
+def test_runs_holding_blas_at_once_leave_it_as_it_was():
+    """BLAS's count is the process's: runs in two threads hold it at once (a batch shared at 1, a
+    threads=1 session), and the count is back when the last lets go, whichever ends first (each
+    restoring what it had found left BLAS at 1 when they ended in the other order)."""
+    from rzrt import blas
+    before = blas.threads_now()
+    for order in ((0, 1), (1, 0)):
+        tokens = [blas.hold(1), blas.hold(3)]
+        assert blas.threads_now() == [3] * len(before)   # the newest holder's count
+        blas.release(tokens[order[0]])
+        assert blas.threads_now() == [(1, 3)[order[1]]] * len(before)
+        blas.release(tokens[order[1]])
+        assert blas.threads_now() == before
+
+
+@two_cores
+def test_a_batch_shared_while_another_thread_limits_blas(monkeypatch):
+    """A batch shared in this thread (BLAS at 1) while a threads=1 session runs in another, which
+    ends last: BLAS is back as it was after both (it was left at 1: the other run restored the 1 it
+    had found)."""
+    monkeypatch.setattr(batch, "MIN_PART_MS", 0.0)
+    inside, probing, shared_done = threading.Event(), threading.Event(), threading.Event()
+
+    @rzrt.custom_op("Hold", domain="test", shape=lambda x: x)
+    def hold(x, *, out=None, _part=None):
+        if (_part or (0, 1))[0] == 0:                    # rank 0's part: BLAS at 1 for the shared batch
+            inside.set()
+            probing.wait(10)
+        np.copyto(out, x)
+        return out
+
+    @rzrt.custom_op("Probe", domain="test")
+    def probe(x):
+        probing.set()
+        shared_done.wait(10)                             # this run ends after the shared one
+        return x.copy()
+
+    def model(op, dims):
+        g = h.make_graph([h.make_node(op, ["x"], ["y"], domain="test")], "m",
+                         [h.make_tensor_value_info("x", TP.FLOAT, dims)], [h.make_tensor_value_info("y", TP.FLOAT, None)])
+        m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
+        m.ir_version = 8
+        return m.SerializeToString()
+    shared = rzrt.InferenceSession(model("Hold", ["N", 4]), custom_ops=[hold])
+    limited = rzrt.InferenceSession(model("Probe", [2]), custom_ops=[probe], threads=1)
+    before = blas_threads()
+
+    def other():
+        inside.wait(10)
+        limited.run(None, {"x": np.zeros(2, np.float32)})
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        shared.run(None, {"x": np.ones((4, 4), np.float32)})
+    finally:
+        shared_done.set()
+        t.join()
+    assert probing.is_set() and executor(shared, 4).shared_steps > 0
+    assert blas_threads() == before

@@ -313,3 +313,39 @@ def test_rank_0_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
                 break
         assert list(y) == [bits({core})] * 2 + [bits(mask - {core})] * 2
     assert os.sched_getaffinity(0) == mask
+
+
+@needs_team
+def test_a_ctrl_c_while_rank_0_pins_itself_leaves_it_unpinned(monkeypatch):
+    """Python raises a Ctrl-C right after the system call it came in: one that came while rank 0
+    pinned itself used to skip the unpin (its result was never stored), and the caller stayed on
+    one core for good."""
+    import signal
+    from onnx import TensorProto as TP, helper as h
+    from rzrt.ops.parallel import share
+
+    @rzrt.custom_op("Ones", domain="test", shape=lambda x: x)
+    def ones(x, *, out=None, _part=None):
+        lo, hi = share(x.shape[0], _part)
+        out[lo:hi] = 1
+        return out
+    g = h.make_graph([h.make_node("Ones", ["x"], ["w"], domain="test"), h.make_node("Neg", ["w"], ["y"])], "m",
+                     [h.make_tensor_value_info("x", TP.INT64, ["N", 1])], [h.make_tensor_value_info("y", TP.INT64, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
+    m.ir_version = 8
+    s = rzrt.InferenceSession(m.SerializeToString(), custom_ops=[ones], processes=2)
+    x = np.zeros((4, 1), np.int64)
+    s.run(None, {"x": x})
+    mask, real, armed = os.sched_getaffinity(0), os.sched_setaffinity, [True]
+
+    def set_then_interrupted(pid, cs):
+        real(pid, cs)
+        if armed[0] and len(cs) == 1:
+            armed[0] = False
+            os.kill(os.getpid(), signal.SIGINT)        # the Ctrl-C lands right after the pin
+    monkeypatch.setattr(os, "sched_setaffinity", set_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.run(None, {"x": x})
+    monkeypatch.setattr(os, "sched_setaffinity", real)
+    assert not armed[0] and os.sched_getaffinity(0) == mask
+    assert list(-s.run(None, {"x": x})[0].ravel()) == [1] * 4      # and the team still runs
