@@ -285,11 +285,21 @@ def test_a_forked_child_exiting_leaves_its_parents_workers_alone(resnet18_path):
     assert sess.run(None, {"input": x})[0].shape == (1, 1000)
 
 
+def custom_then_neg(op: str) -> bytes:
+    """x (N, 1) int64 -> `op` (a custom op, domain test) -> w -> Neg -> y: w is planned in the
+    arena, so the team shares the custom op (a graph output alone would not be)."""
+    from onnx import TensorProto as TP, helper as h
+    g = h.make_graph([h.make_node(op, ["x"], ["w"], domain="test"), h.make_node("Neg", ["w"], ["y"])], "m",
+                     [h.make_tensor_value_info("x", TP.INT64, ["N", 1])], [h.make_tensor_value_info("y", TP.INT64, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
 @needs_team
 def test_rank_0_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
     """While a run lasts rank 0 is pinned to the core it is on and the worker process to rank 0's
     other cores (not to fixed first cores: two processes with a team would both work on them)."""
-    from onnx import TensorProto as TP, helper as h
     from rzrt import cores
     from rzrt.ops.parallel import share
 
@@ -298,11 +308,7 @@ def test_rank_0_keeps_its_core_and_the_worker_takes_the_others(monkeypatch):
         lo, hi = share(x.shape[0], _part)
         out[lo:hi] = sum(1 << c for c in os.sched_getaffinity(0))
         return out
-    g = h.make_graph([h.make_node("Where", ["x"], ["w"], domain="test"), h.make_node("Neg", ["w"], ["y"])], "m",
-                     [h.make_tensor_value_info("x", TP.INT64, ["N", 1])], [h.make_tensor_value_info("y", TP.INT64, None)])
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
-    m.ir_version = 8
-    s = rzrt.InferenceSession(m.SerializeToString(), custom_ops=[where], processes=2)
+    s = rzrt.InferenceSession(custom_then_neg("Where"), custom_ops=[where], processes=2)
     mask = os.sched_getaffinity(0)
     bits = lambda cs: sum(1 << c for c in cs)      # noqa: E731
     for core in sorted(mask)[:2] * 2:                # the core rank 0 finds itself on, run after run
@@ -321,7 +327,6 @@ def test_a_ctrl_c_while_rank_0_pins_itself_leaves_it_unpinned(monkeypatch):
     pinned itself used to skip the unpin (its result was never stored), and the caller stayed on
     one core for good."""
     import signal
-    from onnx import TensorProto as TP, helper as h
     from rzrt.ops.parallel import share
 
     @rzrt.custom_op("Ones", domain="test", shape=lambda x: x)
@@ -329,11 +334,7 @@ def test_a_ctrl_c_while_rank_0_pins_itself_leaves_it_unpinned(monkeypatch):
         lo, hi = share(x.shape[0], _part)
         out[lo:hi] = 1
         return out
-    g = h.make_graph([h.make_node("Ones", ["x"], ["w"], domain="test"), h.make_node("Neg", ["w"], ["y"])], "m",
-                     [h.make_tensor_value_info("x", TP.INT64, ["N", 1])], [h.make_tensor_value_info("y", TP.INT64, None)])
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("test", 1)])
-    m.ir_version = 8
-    s = rzrt.InferenceSession(m.SerializeToString(), custom_ops=[ones], processes=2)
+    s = rzrt.InferenceSession(custom_then_neg("Ones"), custom_ops=[ones], processes=2)
     x = np.zeros((4, 1), np.int64)
     s.run(None, {"x": x})
     mask, real, armed = os.sched_getaffinity(0), os.sched_setaffinity, [True]
