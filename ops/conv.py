@@ -101,9 +101,12 @@ def conv_scratch(x, w, *rest, auto_pad="NOTSET", dilations=None, group=1, kernel
             return scratch_bytes(*padded, ((ck + 1, band_rows(ck, osp, size) * prod(osp[1:])), size))
         ones = _nhwc_out and nhwc_bias_in_gemm(xs[1], ws[0], has_bias)
         return scratch_bytes((((prod(osp), xs[1] + 1)), size)) if ones else 0   # [X^T | 1]
+    z = rest[1] if len(rest) > 1 else None
+    expanded = [((xs[0], ws[0]) + tuple(osp), size)] if z is not None and tuple(z[0]) != (xs[0], ws[0]) + tuple(osp) \
+        else []                                      # a residual that broadcasts, expanded (see conv)
     if _is_depthwise(xs[1], ws[0], group, ws) and len(k) == 2:
-        return scratch_bytes(*depthwise.scratch_pieces(xs, k, s, d, pb, pe, osp, size))
-    pieces = []
+        return scratch_bytes(*expanded, *depthwise.scratch_pieces(xs, k, s, d, pb, pe, osp, size))
+    pieces = expanded
     if wm:
         pe = tuple(e + x for e, x in zip(pe, winograd.extra_pad(xs, wm)))
     if any(pb) or any(pe):
@@ -211,8 +214,8 @@ def conv(X, W, B, Z, act, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
                                  f"got {list(Z.shape)}")
             _pointwise_nhwc(X, W, B, Z, act, Y, nhwc_in, nhwc_out, mem, part)
         return Y
-    if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expand it once
-        Z = np.ascontiguousarray(np.broadcast_to(Z, Y.shape))
+    if Z is not None and Z.shape != Y.shape:       # a broadcast residual: expanded once, in the scratch
+        Z = _expanded(Z, Y, mem)
     if _is_depthwise(c, m, group, W.shape) and len(k) == 2:
         depthwise.depthwise2d(X, W, B, Z, act, k, s, d, pb, pe, osp, Y, mem, memo, part)
         return Y
@@ -389,6 +392,13 @@ def nhwc_bias_in_gemm(c, m, has_bias) -> bool:
     (an expansion: the [X^T | 1] copy is of the smaller side); a projection adds it to its few
     channels after the GEMM instead of copying its wide input."""
     return has_bias and m > c
+
+
+def _expanded(Z, Y, mem) -> np.ndarray:
+    """Z broadcast to Y's shape, in a contiguous buffer the epilogues index like Y."""
+    full = mem.take(Y.shape, Y.dtype)
+    np.copyto(full, np.broadcast_to(Z, Y.shape))
+    return full
 
 
 def _finish(y, B, Z, act, i, cols):

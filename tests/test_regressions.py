@@ -122,6 +122,34 @@ def test_conv_add_whose_residual_broadcasts_the_output_up():
     agree(m, {"x": f32(1, 3, 6, 6), "r": f32(2, 4, 6, 6)})
 
 
+@pytest.mark.parametrize("z_shape, w_shape", [((1, 16, 32, 32), (16, 8, 3, 3)),   # one map for every image
+                                               ((2, 1, 32, 32), (16, 8, 3, 3)),   # one plane for every channel
+                                               ((1, 8, 32, 32), (8, 1, 3, 3))])   # depthwise
+def test_a_residual_that_broadcasts_is_expanded_in_the_arena(z_shape, w_shape):
+    """Conv + Add of a residual smaller than the output (fused into one step): it is expanded to
+    the output's shape once per run; into the planned scratch, not a new array every run."""
+    import tracemalloc
+    group = {"group": 8} if w_shape[1] == 1 else {}
+    m = model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], **group), h.make_node("Add", ["y", "r"], ["z"]),
+               h.make_node("Relu", ["z"], ["o"])],
+              [vi("x", [2, 8, 32, 32]), vi("r", list(z_shape))], [vi("o", None)], {"W": f32(*w_shape)})
+    feeds = {"x": f32(2, 8, 32, 32), "r": f32(*z_shape)}
+    agree(m, feeds)
+    s = rzrt.InferenceSession(m)
+    assert [st.node.op_type for st in s._steps] == ["FusedConv"]
+    s.run(None, feeds)
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        s.run(None, feeds)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    out_bytes = 2 * w_shape[0] * 32 * 32 * 4
+    assert peak - base < out_bytes + out_bytes // 2      # the output handed back, nothing more of its size
+
+
 def test_string_tensors_stay_out_of_the_arena():
     m = model([h.make_node("Concat", ["a", "b"], ["c"], axis=0), h.make_node("Identity", ["c"], ["d"]),
                h.make_node("Concat", ["d", "a"], ["y"], axis=0)],
