@@ -130,8 +130,8 @@ def test_a_residual_that_broadcasts_is_expanded_in_the_arena(z_shape, w_shape):
     the output's shape once per run; into the planned scratch, not a new array every run."""
     import tracemalloc
     group = {"group": 8} if w_shape[1] == 1 else {}
-    m = model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], **group), h.make_node("Add", ["y", "r"], ["z"]),
-               h.make_node("Relu", ["z"], ["o"])],
+    m = model([h.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1], **group),
+               h.make_node("Add", ["y", "r"], ["z"]), h.make_node("Relu", ["z"], ["o"])],
               [vi("x", [2, 8, 32, 32]), vi("r", list(z_shape))], [vi("o", None)], {"W": f32(*w_shape)})
     feeds = {"x": f32(2, 8, 32, 32), "r": f32(*z_shape)}
     agree(m, feeds)
